@@ -1,0 +1,56 @@
+"""healthdb: an asyncio database layer for multi-tenant healthcare services.
+
+The public API is exactly ``__all__``; ``healthdb.internal`` and the pipeline machinery in
+``healthdb.query`` are implementation details.
+"""
+
+from healthdb.context import ClinicScope, Role, current_scope
+from healthdb.errors import (
+    ClinicContextRequired,
+    ConflictError,
+    DatabaseError,
+    DatabaseUnavailable,
+    HealthdbError,
+    IntegrityViolation,
+    InvalidInput,
+    NotFound,
+    PoolTimeout,
+    QueryTimeout,
+    ServiceClosed,
+    TransientError,
+)
+from healthdb.query import keys
+from healthdb.query.batch import BatchFailure, BatchResult
+from healthdb.query.keys import CacheKey
+from healthdb.query.options import IsolationLevel, QueryOptions, TransactionOptions
+from healthdb.service import DatabaseService, HealthReport, PoolStatus
+from healthdb.settings import Settings
+
+__all__ = [
+    "BatchFailure",
+    "BatchResult",
+    "CacheKey",
+    "ClinicContextRequired",
+    "ClinicScope",
+    "ConflictError",
+    "DatabaseError",
+    "DatabaseService",
+    "DatabaseUnavailable",
+    "HealthReport",
+    "HealthdbError",
+    "IntegrityViolation",
+    "InvalidInput",
+    "IsolationLevel",
+    "NotFound",
+    "PoolStatus",
+    "PoolTimeout",
+    "QueryOptions",
+    "QueryTimeout",
+    "Role",
+    "ServiceClosed",
+    "Settings",
+    "TransactionOptions",
+    "TransientError",
+    "current_scope",
+    "keys",
+]

@@ -1,0 +1,121 @@
+"""Engines, pools and sessions: the only module that knows driver connection details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from healthdb.settings import Settings
+
+SQLITE_BEGIN = "sqlite_begin"
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The normal pool and the break-glass pool, over the same database."""
+
+    primary: AsyncEngine
+    critical: AsyncEngine
+
+    @property
+    def dialect(self) -> str:
+        return self.primary.dialect.name
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    async def dispose(self) -> None:
+        await self.primary.dispose()
+        await self.critical.dispose()
+
+
+def create_engine(
+    url: str, settings: Settings, *, pool_size: int, max_overflow: int
+) -> AsyncEngine:
+    """One pooled engine with every wait bounded (checkout, statement, lock)."""
+    if url.startswith("postgresql"):
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=settings.pool_recycle,
+            pool_pre_ping=settings.pool_pre_ping,
+            echo=settings.echo_sql,
+            connect_args=_postgres_connect_args(settings),
+        )
+    else:
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=settings.pool_recycle,
+            pool_pre_ping=settings.pool_pre_ping,
+            echo=settings.echo_sql,
+        )
+        _configure_sqlite(engine, settings)
+    return engine
+
+
+def create_engines(settings: Settings) -> Engines:
+    """The runtime role's engines: a normal pool plus a small reserved critical pool."""
+    return Engines(
+        primary=create_engine(
+            settings.url,
+            settings,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+        ),
+        critical=create_engine(
+            settings.url, settings, pool_size=settings.critical_pool_size, max_overflow=0
+        ),
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded attributes after commit (results outlive the transaction)."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+
+
+def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    # Sent in the startup packet: bounds every statement and lock wait at zero extra round trips.
+    return {
+        "timeout": settings.pool_timeout,
+        "server_settings": {
+            "statement_timeout": str(settings.statement_timeout_ms),
+            "lock_timeout": str(settings.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(max(settings.statement_timeout_ms * 4, 0)),
+            "application_name": "healthdb",
+        },
+    }
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+    """Foreign keys on, WAL, a busy timeout, and explicit BEGIN so writers can take
+    the write lock up front (``BEGIN IMMEDIATE``) instead of deadlocking on upgrade."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.sqlite_busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN")

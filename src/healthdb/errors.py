@@ -1,0 +1,84 @@
+"""The library's exception hierarchy.
+
+Every failure a caller can act on has a type here; driver and SQLAlchemy errors are mapped
+in one place (:func:`healthdb.internal.retry.translate`) so callers never import them.
+Messages never contain PHI, SQL parameters or connection secrets.
+"""
+
+from __future__ import annotations
+
+
+class HealthdbError(Exception):
+    """Base class for every error raised by healthdb."""
+
+    code = "healthdb_error"
+
+
+class InvalidInput(HealthdbError, ValueError):
+    """An argument has the wrong type, shape or size."""
+
+    code = "invalid_input"
+
+
+class ClinicContextRequired(HealthdbError):
+    """A tenant table was touched outside a clinic scope (fail closed)."""
+
+    code = "clinic_context_required"
+
+
+class ServiceClosed(HealthdbError):
+    """The DatabaseService was closed, or is draining for shutdown."""
+
+    code = "service_closed"
+
+
+class NotFound(HealthdbError):
+    """The row does not exist, or exists in another clinic (indistinguishable by design)."""
+
+    code = "not_found"
+
+
+class ConflictError(HealthdbError):
+    """Optimistic-lock conflict that outlived its retries, or a uniqueness violation."""
+
+    code = "conflict"
+
+
+class DatabaseUnavailable(HealthdbError):
+    """The database could not be reached or refused work; safe to retry later."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoolTimeout(DatabaseUnavailable):
+    """No pooled connection became free within ``pool_timeout``."""
+
+    code = "pool_timeout"
+
+
+class QueryTimeout(DatabaseUnavailable):
+    """A statement or lock wait exceeded its configured bound."""
+
+    code = "query_timeout"
+
+
+class TransientError(DatabaseUnavailable):
+    """Serialization failure or deadlock that outlived its retries."""
+
+    code = "transient_error"
+
+
+class IntegrityViolation(HealthdbError):
+    """A constraint (foreign key, check, not-null) rejected the write."""
+
+    code = "integrity_violation"
+
+
+class DatabaseError(HealthdbError):
+    """Any other database failure; details stay in the logs, redacted."""
+
+    code = "database_error"

@@ -1,0 +1,93 @@
+"""Error translation (one place) and the retry policy for transient failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm.exc import StaleDataError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from healthdb import errors
+
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK = "40P01"
+TRANSIENT_SQLSTATES = frozenset({SERIALIZATION_FAILURE, DEADLOCK})
+TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})  # statement/lock timeout
+UNAVAILABLE_PREFIXES = ("08", "57P", "53")  # connection, shutdown, resources
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error wrapped by SQLAlchemy, if any."""
+    orig = getattr(exc, "orig", None)
+    for source in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+def _sqlite_message(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", "")).lower()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth re-running the whole transaction: serialization failure, deadlock, SQLite busy."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if sqlstate(exc) in TRANSIENT_SQLSTATES:
+            return True
+        return "database is locked" in _sqlite_message(exc) or "deadlock" in _sqlite_message(exc)
+    return False
+
+
+def translate(exc: BaseException) -> errors.HealthdbError:
+    """Map a SQLAlchemy/driver exception to the library hierarchy, with no values in it."""
+    if isinstance(exc, errors.HealthdbError):
+        return exc
+    if isinstance(exc, sa_exc.TimeoutError):
+        return errors.PoolTimeout("no database connection became free in time", retry_after=1.0)
+    if isinstance(exc, StaleDataError):
+        return errors.ConflictError("the row was changed by someone else; reload and retry")
+    if isinstance(exc, TimeoutError):
+        return errors.QueryTimeout("the operation exceeded its time limit")
+    if isinstance(exc, OSError):
+        return errors.DatabaseUnavailable("the database is unreachable")
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return errors.DatabaseError("unexpected database failure")
+    return _translate_dbapi(exc)
+
+
+def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
+    code = sqlstate(exc) or ""
+    if code in TRANSIENT_SQLSTATES or is_transient(exc):
+        return errors.TransientError("the transaction kept conflicting; try again", retry_after=0.5)
+    if code in TIMEOUT_SQLSTATES:
+        return errors.QueryTimeout("a statement or lock wait exceeded its configured bound")
+    if isinstance(exc, sa_exc.IntegrityError):
+        if code == "23505" or "unique constraint" in _sqlite_message(exc):
+            return errors.ConflictError("a row with the same unique key already exists")
+        return errors.IntegrityViolation("the write violates a database constraint")
+    if code.startswith(UNAVAILABLE_PREFIXES) or exc.connection_invalidated:
+        return errors.DatabaseUnavailable("the database is unavailable")
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError) and not code:
+        return errors.DatabaseUnavailable("the database is unavailable")
+    return errors.DatabaseError("the database rejected the operation")
+
+
+def retrying(*, attempts: int, max_wait: float) -> Callable[[], AsyncRetrying]:
+    """A factory of tenacity retry loops for transient failures only (everything else raises)."""
+
+    def make() -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(initial=0.01, max=max_wait, jitter=0.05),
+            reraise=True,
+        )
+
+    return make

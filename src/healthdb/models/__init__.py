@@ -1,0 +1,20 @@
+"""The data model. Tenant tables mix in :class:`Tenant`."""
+
+from healthdb.models.appointment import Appointment
+from healthdb.models.audit import AuditEvent
+from healthdb.models.base import Base, Tenant, is_tenant
+from healthdb.models.clinic import Clinic
+from healthdb.models.patient import Patient
+from healthdb.models.user import RefreshToken, User
+
+__all__ = [
+    "Appointment",
+    "AuditEvent",
+    "Base",
+    "Clinic",
+    "Patient",
+    "RefreshToken",
+    "Tenant",
+    "User",
+    "is_tenant",
+]

@@ -1,0 +1,88 @@
+"""Declarative base, column types and mixins shared by every model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, ClassVar
+
+from sqlalchemy import DateTime, MetaData, TypeDecorator, Uuid, func
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware timestamps on every backend (SQLite stores them naive, in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        stamp: dt.datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=dt.UTC)
+        return stamp.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Root of every mapped class."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        uuid.UUID: Uuid(as_uuid=True),
+        dt.datetime: UTCDateTime(),
+    }
+
+
+class Timestamped:
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
+
+
+class Tenant:
+    """Marks a table as clinic-owned: every row carries an indexed ``clinic_id``.
+
+    The isolation walls find tenant tables through this mixin; nothing else opts in.
+    """
+
+    __tenant__: ClassVar[bool] = True
+
+    @declared_attr
+    def clinic_id(cls) -> Mapped[uuid.UUID]:
+        from sqlalchemy import ForeignKey
+
+        return mapped_column(ForeignKey("clinics.id", ondelete="RESTRICT"), index=True)
+
+
+def is_tenant(entity: object) -> bool:
+    """True for tenant mapped classes (and their instances)."""
+    return bool(getattr(entity, "__tenant__", False))
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()

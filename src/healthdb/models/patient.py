@@ -1,0 +1,37 @@
+"""Patients: the PHI-bearing table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import Date, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from healthdb.models.base import Base, Tenant, Timestamped, new_id
+
+
+class Patient(Tenant, Timestamped, Base):
+    __tablename__ = "patients"
+    __table_args__ = (
+        UniqueConstraint("clinic_id", "mrn"),
+        UniqueConstraint("clinic_id", "id"),
+        Index(None, "clinic_id", "family_name", "given_name"),
+        Index(None, "clinic_id", "date_of_birth"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    mrn: Mapped[str] = mapped_column(String(64))
+    given_name: Mapped[str] = mapped_column(String(200))
+    family_name: Mapped[str] = mapped_column(String(200))
+    date_of_birth: Mapped[dt.date] = mapped_column(Date)
+    sex: Mapped[str] = mapped_column(String(16))
+    phone: Mapped[str | None] = mapped_column(String(32), default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    address: Mapped[str | None] = mapped_column(String(500), default=None)
+    ssn: Mapped[str | None] = mapped_column(String(64), default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    __mapper_args__ = {"version_id_col": version}

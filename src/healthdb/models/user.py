@@ -1,0 +1,42 @@
+"""Staff accounts and their refresh tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from healthdb.models.base import Base, Tenant, Timestamped, new_id
+
+
+class User(Tenant, Timestamped, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        # Target of composite foreign keys, so a row can only point at a user of its clinic.
+        UniqueConstraint("clinic_id", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    full_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class RefreshToken(Tenant, Timestamped, Base):
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (
+        ForeignKeyConstraint(["clinic_id", "user_id"], ["users.clinic_id", "users.id"]),
+        Index(None, "family_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    family_id: Mapped[uuid.UUID] = mapped_column()
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,0 +1,461 @@
+"""DatabaseService: the facade, and the one place where the internals are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase
+
+from healthdb.cache import MemoryCache
+from healthdb.context import ClinicScope, Role, clinic_scope, current_scope
+from healthdb.engine import Engines, create_engines
+from healthdb.errors import DatabaseUnavailable, InvalidInput, ServiceClosed
+from healthdb.internal import isolation, query_cache
+from healthdb.internal.metrics import LatencySummary, QueryMetrics
+from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
+from healthdb.internal.query_cache import QueryCache
+from healthdb.internal.retry import retrying, translate
+from healthdb.query import batch, middleware
+from healthdb.query.batch import BatchFailure, BatchResult
+from healthdb.query.keys import table_tag
+from healthdb.query.options import LockMode, QueryOptions, TransactionOptions
+from healthdb.query.pipeline import Call, CallKind, Handler, Middleware, Operation, chain
+from healthdb.query.strategies import optimistic, unit_of_work
+from healthdb.settings import Settings
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+log = structlog.get_logger("healthdb")
+MAX_CONCURRENCY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    size: int
+    checked_out: int
+    overflow: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    ok: bool
+    dialect: str
+    latency_ms: float | None
+    pools: dict[str, PoolStatus]
+    error: str | None = None
+
+
+class DatabaseService:
+    """The public entry point. Build it with :meth:`connect`; close it with :meth:`close`."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engines: Engines,
+        cache: QueryCache,
+        metrics: QueryMetrics,
+        slow_log: SlowQueryLog,
+        middleware_steps: Sequence[Middleware] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.cache = cache
+        self.metrics = metrics
+        self.slow_log = slow_log
+        isolation.install(isolation.TenantSession)
+        query_cache.install(isolation.TenantSession)
+        self._sessions = _sessionmaker(engines.primary)
+        self._critical_sessions = _sessionmaker(engines.critical)
+        steps = middleware_steps if middleware_steps is not None else self._default_steps()
+        self._handle: Handler = chain(steps, self._endpoint)
+        self._closed = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None) -> _Connecting:
+        """``await DatabaseService.connect(s)`` or ``async with DatabaseService.connect(s)``."""
+        return _Connecting(settings or Settings())
+
+    @classmethod
+    async def _open(cls, settings: Settings) -> DatabaseService:
+        engines = create_engines(settings)
+        metrics = QueryMetrics()
+        slow_log = SlowQueryLog(
+            threshold_ms=settings.slow_query_ms,
+            size=settings.slow_query_log_size,
+            explain=settings.explain_slow_queries,
+            on_slow=lambda _r: metrics.slow.inc(),
+        )
+        slow_log.attach(engines.primary)
+        slow_log.attach(engines.critical)
+        store = MemoryCache(max_entries=settings.cache_max_entries)
+        db = cls(
+            settings=settings,
+            engines=engines,
+            cache=QueryCache(store=store, default_ttl=settings.cache_ttl),
+            metrics=metrics,
+            slow_log=slow_log,
+        )
+        try:
+            await db.ping()
+        except BaseException:
+            await engines.dispose()
+            raise
+        return db
+
+    def _default_steps(self) -> list[Middleware]:
+        s = self.settings
+        return [
+            middleware.validation,
+            middleware.security,
+            middleware.measured(self.metrics),
+            middleware.optimized(s.slow_query_ms),
+            middleware.cached(self.cache, self.metrics),
+            middleware.retried(
+                retrying(attempts=s.retry_attempts, max_wait=s.retry_max_wait), self.metrics
+            ),
+        ]
+
+    # -- scope --------------------------------------------------------------------------
+
+    def clinic(
+        self,
+        clinic_id: uuid.UUID | str,
+        *,
+        actor: uuid.UUID | str | None = None,
+        role: Role | str | None = None,
+        purpose: str = "operations",
+        request_id: str | None = None,
+    ) -> AbstractAsyncContextManager[ClinicScope]:
+        """``async with db.clinic(cid, actor=..., role=...)``: scope the enclosed calls."""
+
+        @asynccontextmanager
+        async def scoped() -> AsyncIterator[ClinicScope]:
+            with clinic_scope(
+                clinic_id, actor=actor, role=role, purpose=purpose, request_id=request_id
+            ) as scope:
+                yield scope
+
+        return scoped()
+
+    # -- the six operations -------------------------------------------------------------
+
+    async def execute_read(self, op: Operation[T], options: QueryOptions | None = None) -> T:
+        """Run ``op`` in a read-only transaction (primary, or cached when ``options.cached``)."""
+        result: T = await self._run(CallKind.READ, op, options or QueryOptions.for_read())
+        return result
+
+    async def execute_write(self, op: Operation[T], options: QueryOptions | None = None) -> T:
+        """Run ``op`` in a write transaction on the primary; commit; invalidate cached reads."""
+        options = options or QueryOptions.for_write()
+        kind = CallKind.CRITICAL if options.emergency else CallKind.WRITE
+        if kind is CallKind.CRITICAL:
+            raise InvalidInput("emergency writes go through execute_critical(op, reason=...)")
+        result: T = await self._run(kind, op, options)
+        return result
+
+    async def execute_transaction(
+        self, op: Operation[T], options: TransactionOptions | None = None
+    ) -> T:
+        """Run ``op`` with explicit isolation/locking; transient failures are re-run."""
+        result: T = await self._run(CallKind.TRANSACTION, op, options or TransactionOptions())
+        return result
+
+    async def execute_with_clinic_context(
+        self,
+        clinic_id: uuid.UUID | str,
+        op: Operation[T],
+        *,
+        actor: uuid.UUID | str | None = None,
+        role: Role | str | None = None,
+        purpose: str = "operations",
+        options: TransactionOptions | None = None,
+    ) -> T:
+        """Run ``op`` as a transaction inside a clinic scope."""
+        with clinic_scope(clinic_id, actor=actor, role=role, purpose=purpose):
+            return await self.execute_transaction(op, options)
+
+    async def execute_batch(
+        self,
+        items: Sequence[Any],
+        op: Callable[[AsyncSession, Any], Awaitable[T]] | type[DeclarativeBase],
+        *,
+        concurrency: int = 50,
+        chunk_size: int | None = None,
+        name: str = "batch",
+        on_progress: Callable[[int], None] | None = None,
+    ) -> BatchResult[T]:
+        """Run ``op(session, item)`` for every item, or bulk-insert mappings into a model.
+
+        Chunks of ``chunk_size`` items share a transaction; at most ``concurrency`` chunks
+        run at once. Every failed item is listed in the result with its reason.
+        """
+        self._check_open()
+        items = _check_items(items, self.settings.batch_max_items)
+        if not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise InvalidInput(f"concurrency must be an int in 1..{MAX_CONCURRENCY}")
+        options = QueryOptions.for_write().named(name).batch()
+        if isinstance(op, type):
+            if not issubclass(op, DeclarativeBase):
+                raise InvalidInput("a bulk insert needs a mapped model class")
+            return await self._bulk_insert(items, op, options, concurrency, chunk_size, on_progress)
+        if not callable(op):
+            raise InvalidInput("op must be an async callable (session, item) or a model class")
+        size = _chunk(chunk_size, 1)
+
+        async def run_unit(unit: Operation[Any]) -> Any:
+            return await self._run(CallKind.WRITE, unit, options)
+
+        return await batch.run_batch(
+            items,
+            op,
+            run_unit=run_unit,
+            concurrency=concurrency,
+            chunk_size=size,
+            translate=translate,
+            on_progress=on_progress,
+        )
+
+    async def execute_critical(self, op: Operation[T], *, reason: str) -> T:
+        """The break-glass lane: its own reserved pool, a mandatory reason, elevated logging.
+
+        It stays inside the caller's clinic scope; it widens capacity, never tenancy.
+        """
+        options = QueryOptions.for_emergency().named("critical")
+        scope = current_scope()
+        if isinstance(reason, str) and reason.strip():
+            log.warning(
+                "break_glass",
+                clinic_id=str(scope.clinic_id) if scope else None,
+                actor=str(scope.actor) if scope and scope.actor else None,
+                reason_length=len(reason),
+            )
+            self.metrics.critical.inc()
+        result: T = await self._run(CallKind.CRITICAL, op, options, reason=reason)
+        return result
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _run(
+        self,
+        kind: CallKind,
+        op: Operation[Any],
+        options: QueryOptions | TransactionOptions,
+        *,
+        reason: str | None = None,
+    ) -> Any:
+        self._check_open()
+        call = Call(kind=kind, operation=op, options=options, scope=current_scope(), reason=reason)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._handle(call)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _endpoint(self, call: Call) -> Any:
+        factory = self._critical_sessions if call.kind is CallKind.CRITICAL else self._sessions
+
+        def run() -> Awaitable[Any]:
+            return unit_of_work(
+                factory,
+                call,
+                postgres=self.engines.is_postgres,
+                on_commit=self._invalidate,
+                batch_statement_timeout_ms=self.settings.batch_statement_timeout_ms,
+            )
+
+        options = call.options
+        if isinstance(options, TransactionOptions) and options.lock is LockMode.OPTIMISTIC:
+            return await optimistic(
+                run,
+                max_retries=options.max_retries,
+                on_retry=self.metrics.retries.labels("optimistic").inc,
+            )
+        return await run()
+
+    def _invalidate(self, tags: set[str]) -> None:
+        self.cache.invalidate(tags)
+
+    async def _bulk_insert(
+        self,
+        rows: Sequence[Any],
+        model: type[DeclarativeBase],
+        options: QueryOptions,
+        concurrency: int,
+        chunk_size: int | None,
+        on_progress: Callable[[int], None] | None,
+    ) -> BatchResult[Any]:
+        scope = current_scope()
+        clinic = scope.clinic_id if scope else None
+        prepared, failures = batch.prepare_rows(model, rows, clinic)
+        good = [row for row in prepared if row is not None]
+        index_of = [i for i, row in enumerate(prepared) if row is not None]
+        tag = table_tag(model.__table__.name, clinic)  # type: ignore[attr-defined]
+
+        async def insert_chunk(session: AsyncSession, chunk: list[dict[str, Any]]) -> None:
+            query_cache.written_tags(session.sync_session).add(tag)
+            await batch.bulk_insert(session, model, chunk)
+
+        size = _chunk(chunk_size, self.settings.batch_chunk_size)
+        chunks = [good[i : i + size] for i in range(0, len(good), size)]
+        lanes = min(concurrency, self.settings.pool_size)
+        outcome = await self.execute_batch(
+            chunks, insert_chunk, concurrency=lanes, chunk_size=1, name=options.name
+        )
+        result: BatchResult[Any] = BatchResult(total=len(rows), results=[None] * len(rows))
+        result.failures.extend(failures)
+        for failed_chunk in outcome.failures:
+            # Re-run the failed chunk row by row so only the guilty rows are reported.
+            start = failed_chunk.index * size
+            retry = await self.execute_batch(
+                [[row] for row in chunks[failed_chunk.index]],
+                insert_chunk,
+                concurrency=lanes,
+                chunk_size=1,
+                name=options.name,
+            )
+            result.failures.extend(
+                BatchFailure(index_of[start + f.index], f.code, f.message) for f in retry.failures
+            )
+        result.failures.sort(key=lambda f: f.index)
+        if on_progress:
+            on_progress(len(rows))
+        return result
+
+    # -- lifecycle and health -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ServiceClosed("the database service is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def ping(self) -> float:
+        """One round trip on the primary pool; returns milliseconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with self.engines.primary.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise translate(exc) from exc
+        return (loop.time() - started) * 1000
+
+    async def health(self) -> HealthReport:
+        """Database reachability, latency and pool occupancy (never raises)."""
+        pools = {"primary": _pool(self.engines.primary), "critical": _pool(self.engines.critical)}
+        for name, status in pools.items():
+            self.metrics.pool_in_use.labels(name).set(status.checked_out)
+        try:
+            latency = await self.ping()
+        except DatabaseUnavailable as exc:
+            return HealthReport(False, self.engines.dialect, None, pools, exc.code)
+        return HealthReport(True, self.engines.dialect, latency, pools)
+
+    def metrics_summary(self) -> dict[str, Any]:
+        """Pool, latency percentiles per operation, cache hit ratio, recent slow statements."""
+        latency: Mapping[str, LatencySummary] = self.metrics.latency()
+        slow: list[SlowStatement] = list(self.slow_log.records)
+        return {
+            "pools": {
+                "primary": _pool(self.engines.primary),
+                "critical": _pool(self.engines.critical),
+            },
+            "latency": latency,
+            "cache": {"entries": len(self.cache.store), "hit_ratio": self.cache.store.hit_ratio},
+            "slow_statements": slow,
+        }
+
+    async def close(self, *, drain_seconds: float | None = None) -> None:
+        """Refuse new calls, wait for in-flight ones (bounded), then release every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(
+                self._idle.wait(), drain_seconds or self.settings.shutdown_timeout
+            )
+        except TimeoutError:
+            log.error("shutdown_drain_timeout", in_flight=self._in_flight)
+        await self.engines.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class _Connecting:
+    """Awaitable and async context manager returned by :meth:`DatabaseService.connect`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._db: DatabaseService | None = None
+
+    def __await__(self) -> Generator[Any, None, DatabaseService]:
+        return DatabaseService._open(self._settings).__await__()
+
+    async def __aenter__(self) -> DatabaseService:
+        self._db = await DatabaseService._open(self._settings)
+        return self._db
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            await self._db.close()
+
+
+def _sessionmaker(engine: Any) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(
+        engine, expire_on_commit=False, sync_session_class=isolation.TenantSession
+    )
+
+
+def _pool(engine: Any) -> PoolStatus:
+    pool = engine.pool
+    return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=pool.overflow())
+
+
+def _check_items(items: Any, limit: int) -> Sequence[Any]:
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise InvalidInput("items must be a sequence (list or tuple)")
+    if len(items) > limit:
+        raise InvalidInput(f"a batch may hold at most {limit} items")
+    return items
+
+
+def _chunk(value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or not 1 <= value <= 100_000:
+        raise InvalidInput("chunk_size must be an int in 1..100000")
+    return value

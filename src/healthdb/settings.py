@@ -1,0 +1,79 @@
+"""Configuration, read from the environment with the ``HEALTHDB_`` prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./healthdb.sqlite3"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the library; nothing is read from the environment elsewhere."""
+
+    model_config = SettingsConfigDict(env_prefix="HEALTHDB_", extra="ignore", frozen=True)
+
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    admin_database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+
+    pool_size: int = Field(10, ge=1, le=500)
+    max_overflow: int = Field(5, ge=0, le=500)
+    pool_timeout: float = Field(5.0, gt=0, le=120, description="seconds to wait for a connection")
+    pool_recycle: int = Field(1800, ge=-1)
+    pool_pre_ping: bool = True
+    critical_pool_size: int = Field(
+        2, ge=1, le=50, description="connections reserved for break-glass"
+    )
+    statement_timeout_ms: int = Field(5000, ge=0)
+    lock_timeout_ms: int = Field(2000, ge=0)
+    sqlite_busy_timeout_ms: int = Field(10000, ge=0)
+
+    cache_ttl: float = Field(30.0, gt=0)
+    cache_max_entries: int = Field(10_000, ge=1)
+
+    retry_attempts: int = Field(5, ge=1, le=20)
+    retry_max_wait: float = Field(1.0, gt=0)
+    optimistic_retries: int = Field(3, ge=0, le=20)
+
+    batch_max_items: int = Field(1_000_000, ge=1)
+    batch_chunk_size: int = Field(1000, ge=1, le=100_000)
+    batch_statement_timeout_ms: int = Field(120_000, ge=0)
+    shutdown_timeout: float = Field(10.0, gt=0, description="seconds to drain in-flight calls")
+
+    slow_query_ms: float = Field(200.0, ge=0)
+    explain_slow_queries: bool = False
+    slow_query_log_size: int = Field(100, ge=1)
+
+    echo_sql: bool = False
+
+    @field_validator("database_url", "admin_database_url")
+    @classmethod
+    def _async_driver(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        if url.startswith(("postgresql://", "postgres://")):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        elif url.startswith("sqlite:///"):
+            url = "sqlite+aiosqlite:///" + url.split(":///", 1)[1]
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "database URL must be postgresql(+asyncpg):// or sqlite(+aiosqlite)://"
+            )
+        return SecretStr(url)
+
+    @property
+    def url(self) -> str:
+        """The runtime database URL (secret; never log it)."""
+        return self.database_url.get_secret_value()
+
+    @property
+    def admin_url(self) -> str:
+        """The owner URL used by migrations; defaults to the runtime URL."""
+        admin = self.admin_database_url or self.database_url
+        return admin.get_secret_value()
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")

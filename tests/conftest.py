@@ -1,0 +1,95 @@
+"""Shared fixtures: real SQLite files and throwaway PostgreSQL databases.
+
+PostgreSQL tests never skip: when the server is unreachable they fail with a clear message.
+Set HEALTHDB_TEST_PG_URL to point the suite at another server (an owner/superuser URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+PG_ADMIN_URL = os.environ.get(
+    "HEALTHDB_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("HEALTHDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _create_database(name: str) -> None:
+    try:
+        conn = await asyncpg.connect(_dsn(PG_ADMIN_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL unreachable at {make_url(PG_ADMIN_URL)!r}: {exc}", pytrace=False)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def new_pg_database() -> tuple[str, str]:
+    """Create an empty database; return (name, owner url)."""
+    name = f"hdb_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_database(name))
+    return name, make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A brand-new, empty PostgreSQL database, dropped afterwards."""
+    name, url = new_pg_database()
+    yield url
+    asyncio.run(_drop_database(name))
+
+
+@pytest.fixture
+def sqlite_empty_url(tmp_path: Path) -> str:
+    """A brand-new SQLite file."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'healthdb.sqlite3'}"
+
+
+def _migrate(url: str) -> None:
+    from healthdb.migrate import upgrade
+
+    asyncio.run(upgrade(url))
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_url() -> Iterator[str]:
+    """One migrated PostgreSQL database shared by the session (tests isolate by clinic)."""
+    name, url = new_pg_database()
+    _migrate(url)
+    yield url
+    asyncio.run(_drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def sqlite_migrated_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'healthdb.sqlite3'}"
+    _migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def migrated_url(request: pytest.FixtureRequest) -> str:
+    """Run the test once per backend against a migrated database."""
+    fixture = "sqlite_migrated_url" if request.param == "sqlite" else "pg_migrated_url"
+    return str(request.getfixturevalue(fixture))
