@@ -39,6 +39,7 @@ class MemoryCache:
     ) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._generations: dict[str, int] = {}
+        self._epoch = 0
         self._max_entries = max_entries
         self._clock = clock
         self.hits = 0
@@ -61,7 +62,7 @@ class MemoryCache:
 
     def generation(self, tags: Iterable[str]) -> tuple[int, ...]:
         """Snapshot to pass to :meth:`set` as ``if_generation``."""
-        return tuple(self._generations.get(tag, 0) for tag in sorted(tags))
+        return (self._epoch, *(self._generations.get(tag, 0) for tag in sorted(tags)))
 
     def set(
         self,
@@ -94,8 +95,9 @@ class MemoryCache:
         return len(doomed)
 
     def clear(self) -> None:
+        """Drop every entry; loads that started before the clear will not be stored."""
         self._entries.clear()
-        self._generations.clear()
+        self._epoch += 1
 
     @property
     def hit_ratio(self) -> float:

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
@@ -20,6 +21,7 @@ from healthdb.context import ClinicScope, Role, clinic_scope, current_scope
 from healthdb.engine import Engines, create_engines
 from healthdb.errors import DatabaseUnavailable, InvalidInput, ServiceClosed
 from healthdb.internal import isolation, query_cache
+from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
 from healthdb.internal.query_cache import QueryCache
@@ -65,6 +67,7 @@ class DatabaseService:
         cache: QueryCache,
         metrics: QueryMetrics,
         slow_log: SlowQueryLog,
+        bus: InvalidationBus | None = None,
         middleware_steps: Sequence[Middleware] | None = None,
     ) -> None:
         self.settings = settings
@@ -72,6 +75,7 @@ class DatabaseService:
         self.cache = cache
         self.metrics = metrics
         self.slow_log = slow_log
+        self.bus = bus
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
         self._sessions = _sessionmaker(engines.primary)
@@ -103,17 +107,22 @@ class DatabaseService:
         slow_log.attach(engines.primary)
         slow_log.attach(engines.critical)
         store = MemoryCache(max_entries=settings.cache_max_entries)
+        cache = QueryCache(store=store, default_ttl=settings.cache_ttl)
+        bus = _invalidation_bus(settings, cache)
         db = cls(
             settings=settings,
             engines=engines,
-            cache=QueryCache(store=store, default_ttl=settings.cache_ttl),
+            cache=cache,
             metrics=metrics,
             slow_log=slow_log,
+            bus=bus,
         )
         try:
             await db.ping()
+            if bus is not None:
+                await bus.start()
         except BaseException:
-            await engines.dispose()
+            await db.close()
             raise
         return db
 
@@ -290,8 +299,10 @@ class DatabaseService:
             )
         return await run()
 
-    def _invalidate(self, tags: set[str]) -> None:
+    async def _invalidate(self, tags: set[str]) -> None:
         self.cache.invalidate(tags)
+        if self.bus is not None:
+            await self.bus.publish(tags)
 
     async def _bulk_insert(
         self,
@@ -396,6 +407,8 @@ class DatabaseService:
             )
         except TimeoutError:
             log.error("shutdown_drain_timeout", in_flight=self._in_flight)
+        if self.bus is not None:
+            await self.bus.close()
         await self.engines.dispose()
 
     async def __aenter__(self) -> Self:
@@ -432,6 +445,17 @@ class _Connecting:
     ) -> None:
         if self._db is not None:
             await self._db.close()
+
+
+def _invalidation_bus(settings: Settings, cache: QueryCache) -> InvalidationBus | None:
+    if settings.redis_url is None:
+        return None
+    client = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+    )
+    return InvalidationBus(client=client, on_remote=cache.invalidate, on_reset=cache.store.clear)
 
 
 def _sessionmaker(engine: Any) -> async_sessionmaker[AsyncSession]:

@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     admin_database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
+    redis_timeout: float = Field(0.25, gt=0, le=10, description="seconds per Redis call")
 
     pool_size: int = Field(10, ge=1, le=500)
     max_overflow: int = Field(5, ge=0, le=500)

@@ -86,7 +86,7 @@ def retrying(*, attempts: int, max_wait: float) -> Callable[[], AsyncRetrying]:
         return AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.01, max=max_wait, jitter=0.05),
+            wait=wait_exponential_jitter(multiplier=0.01, max=max_wait, jitter=0.05),
             reraise=True,
         )
 

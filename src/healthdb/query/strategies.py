@@ -22,7 +22,7 @@ from healthdb.internal.query_cache import written_tags
 from healthdb.query.options import LockMode, QueryOptions, TransactionOptions, WriteStrategy
 from healthdb.query.pipeline import Call, CallKind
 
-OnCommit = Callable[[set[str]], None]
+OnCommit = Callable[[set[str]], Awaitable[None]]
 
 
 def _execution_options(call: Call, *, postgres: bool) -> dict[str, Any]:
@@ -72,7 +72,7 @@ async def unit_of_work(
             raise QueryTimeout("the operation exceeded its time limit") from None
         tags = written_tags(session.sync_session)
         if tags:
-            on_commit(set(tags))
+            await on_commit(set(tags))
         return result
 
 
