@@ -5,7 +5,7 @@ from healthdb.models.audit import AuditEvent
 from healthdb.models.base import Base, Tenant, is_tenant
 from healthdb.models.clinic import Clinic
 from healthdb.models.patient import Patient
-from healthdb.models.user import RefreshToken, User
+from healthdb.models.user import RefreshToken, User, UserLogin
 
 __all__ = [
     "Appointment",
@@ -16,5 +16,6 @@ __all__ = [
     "RefreshToken",
     "Tenant",
     "User",
+    "UserLogin",
     "is_tenant",
 ]

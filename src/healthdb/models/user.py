@@ -26,6 +26,25 @@ class User(Tenant, Timestamped, Base):
     active: Mapped[bool] = mapped_column(default=True)
 
 
+class UserLogin(Base):
+    """Routes an email to its clinic *before* any clinic scope exists (login).
+
+    Deliberately not a tenant table and free of PHI: it holds only what a login needs to
+    pick the clinic, so the user row itself stays behind both isolation walls.
+    """
+
+    __tablename__ = "user_logins"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["clinic_id", "user_id"], ["users.clinic_id", "users.id"], ondelete="CASCADE"
+        ),
+    )
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    clinic_id: Mapped[uuid.UUID] = mapped_column()
+
+
 class RefreshToken(Tenant, Timestamped, Base):
     __tablename__ = "refresh_tokens"
     __table_args__ = (

@@ -1,4 +1,4 @@
-"""Initial schema: clinics, users, refresh tokens, patients, appointments, audit events.
+"""Initial schema: clinics, users, logins, refresh tokens, patients, appointments, audit events.
 
 Revision ID: 0001
 Revises:
@@ -97,6 +97,21 @@ def upgrade() -> None:
         op.f("ix_refresh_tokens_family_id"), "refresh_tokens", ["family_id"], unique=False
     )
     op.create_index(op.f("ix_refresh_tokens_user_id"), "refresh_tokens", ["user_id"], unique=False)
+
+    op.create_table(
+        "user_logins",
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("clinic_id", sa.Uuid(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["clinic_id", "user_id"],
+            ["users.clinic_id", "users.id"],
+            name=op.f("fk_user_logins_clinic_id_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("email", name=op.f("pk_user_logins")),
+        sa.UniqueConstraint("user_id", name=op.f("uq_user_logins_user_id")),
+    )
 
     op.create_table(
         "patients",
@@ -213,5 +228,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Dropping a table drops its indexes; children before parents.
-    for table in ("audit_events", "appointments", "patients", "refresh_tokens", "users", "clinics"):
+    tables = ("audit_events", "appointments", "patients", "user_logins", "refresh_tokens")
+    for table in (*tables, "users", "clinics"):
         op.drop_table(table)

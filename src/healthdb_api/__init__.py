@@ -1,0 +1,1 @@
+"""The reference FastAPI service built on healthdb's public API."""

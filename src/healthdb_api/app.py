@@ -1,0 +1,59 @@
+"""The application factory: the one place the service is assembled."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from healthdb import Role
+from healthdb.contrib.fastapi import admin_router, database_lifespan, health_router, metrics_router
+from healthdb.migrate import upgrade
+from healthdb_api import errors
+from healthdb_api.auth import routes as auth_routes
+from healthdb_api.auth.tokens import TokenConfig
+from healthdb_api.deps import require_roles
+from healthdb_api.routes import appointments, patients, users
+from healthdb_api.settings import ApiSettings
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the FastAPI app; nothing connects until the lifespan starts."""
+    settings = settings or ApiSettings()
+
+    async def migrate_embedded() -> None:
+        if settings.auto_migrate and not settings.is_postgres:
+            await upgrade(settings.admin_url)
+
+    app = FastAPI(
+        title="healthdb reference service",
+        version="0.1.0",
+        lifespan=database_lifespan(settings, before_connect=migrate_embedded),
+    )
+    app.state.settings = settings
+    app.state.token_config = TokenConfig(
+        secret=settings.resolved_jwt_secret(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        access_ttl=settings.access_token_ttl,
+    )
+    errors.install(app)
+    app.middleware("http")(_request_id)
+    app.include_router(health_router())
+    app.include_router(metrics_router())
+    app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
+    app.include_router(auth_routes.router)
+    app.include_router(users.router)
+    app.include_router(patients.router)
+    app.include_router(appointments.router)
+    return app
+
+
+async def _request_id(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    request.state.request_id = uuid.uuid4().hex
+    response = await call_next(request)
+    response.headers["X-Request-ID"] = request.state.request_id
+    return response

@@ -1,0 +1,1 @@
+"""Authentication: passwords, tokens, brute-force protection and the auth routes."""

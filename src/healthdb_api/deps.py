@@ -1,0 +1,93 @@
+"""Request dependencies: the caller's identity and role checks.
+
+Routes enter the clinic scope explicitly with ``async with scope(db, principal)`` so the
+tenant of every database call is visible at the call site.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from healthdb import ClinicScope, DatabaseService, Role
+from healthdb.contrib.fastapi import get_db
+from healthdb_api.auth.tokens import InvalidToken, TokenConfig, decode_access
+from healthdb_api.errors import ApiError
+
+bearer = HTTPBearer(auto_error=False)
+Db = Annotated[DatabaseService, Depends(get_db)]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    user_id: uuid.UUID
+    clinic_id: uuid.UUID
+    role: Role
+    request_id: str
+    client_addr: str | None
+
+
+def token_config(request: Request) -> TokenConfig:
+    config: TokenConfig = request.app.state.token_config
+    return config
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    config: Annotated[TokenConfig, Depends(token_config)],
+) -> Principal:
+    """The caller of a request bearing a valid access token (401 otherwise)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized("missing bearer token")
+    try:
+        claims = decode_access(config, credentials.credentials)
+    except InvalidToken:
+        raise _unauthorized("invalid or expired token") from None
+    return Principal(
+        user_id=claims.user_id,
+        clinic_id=claims.clinic_id,
+        role=claims.role,
+        request_id=getattr(request.state, "request_id", uuid.uuid4().hex),
+        client_addr=request.client.host if request.client else None,
+    )
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_roles(*roles: Role) -> Callable[[Principal], Principal]:
+    """Dependency factory: 403 unless the caller has one of ``roles``."""
+    allowed = frozenset(roles)
+
+    def check(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            raise ApiError(403, "forbidden", "your role may not perform this action")
+        return principal
+
+    return check
+
+
+def scope(
+    db: DatabaseService, principal: Principal, *, purpose: str = "operations"
+) -> AbstractAsyncContextManager[ClinicScope]:
+    """Enter the caller's clinic scope for the enclosed database calls."""
+    return db.clinic(
+        principal.clinic_id,
+        actor=principal.user_id,
+        role=principal.role,
+        purpose=purpose,
+        request_id=principal.request_id,
+    )

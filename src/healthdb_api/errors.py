@@ -1,0 +1,123 @@
+"""One error body everywhere: ``{"error": {"code", "message", "details"}}``.
+
+Library errors map to HTTP statuses in one table; anything unexpected becomes an opaque
+500 whose body names no exception, SQL or value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from healthdb import (
+    ClinicContextRequired,
+    ConflictError,
+    DatabaseUnavailable,
+    HealthdbError,
+    IntegrityViolation,
+    InvalidInput,
+    NotFound,
+    ServiceClosed,
+)
+
+log = structlog.get_logger("healthdb_api")
+
+STATUS: list[tuple[type[HealthdbError], int]] = [
+    (InvalidInput, 422),
+    (NotFound, 404),
+    (ConflictError, 409),
+    (IntegrityViolation, 409),
+    (ClinicContextRequired, 403),
+    (ServiceClosed, 503),
+    (DatabaseUnavailable, 503),
+]
+
+
+class ApiError(Exception):
+    """An error raised by route code with its HTTP status and stable code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def error_response(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _status_for(exc: HealthdbError) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _library_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HealthdbError)
+    status = _status_for(exc)
+    headers = None
+    if isinstance(exc, DatabaseUnavailable):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if status == 500:
+        log.error("library_error", code=exc.code)
+        return error_response(500, "internal_error", "internal error")
+    return error_response(status, exc.code, str(exc), headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Echo where and why, never the rejected input (it may be PHI or a password).
+    details = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    return error_response(422, "validation_error", "request validation failed", details)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(
+        exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}) or None
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled_error", error_type=type(exc).__name__)
+    return error_response(500, "internal_error", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HealthdbError, _library_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""Resource routes; every handler works inside the caller's clinic scope."""

@@ -1,0 +1,45 @@
+"""Service settings: the library's settings plus HTTP, token and login policy."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import structlog
+from pydantic import Field, SecretStr
+
+from healthdb import Settings
+
+log = structlog.get_logger("healthdb_api")
+
+
+class ApiSettings(Settings):
+    """Read from ``HEALTHDB_*`` environment variables."""
+
+    data_dir: Path = Path(".healthdb")
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "healthdb"
+    jwt_audience: str = "healthdb-api"
+    access_token_ttl: int = Field(900, ge=60, le=3600, description="seconds")
+    refresh_token_ttl: int = Field(14 * 24 * 3600, ge=3600, description="seconds")
+    auto_migrate: bool = Field(True, description="migrate an embedded SQLite database at start")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def resolved_jwt_secret(self) -> str:
+        """The configured secret, else one generated once per install and kept on disk."""
+        if self.jwt_secret is not None:
+            value = self.jwt_secret.get_secret_value()
+            if len(value) < 32:
+                raise ValueError("HEALTHDB_JWT_SECRET must be at least 32 characters")
+            return value
+        path = self.data_dir / "jwt_secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        path.touch(mode=0o600)
+        path.write_text(value)
+        log.warning("jwt_secret_generated", path=str(path), hint="set HEALTHDB_JWT_SECRET")
+        return value

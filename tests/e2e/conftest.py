@@ -1,0 +1,104 @@
+"""The HTTP service through httpx's ASGI transport, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from healthdb import DatabaseService
+from healthdb_api.app import create_app
+from healthdb_api.settings import ApiSettings
+
+PASSWORD = "correct horse battery staple 42"
+
+
+@pytest.fixture
+def api_settings(migrated_url: str, tmp_path: Path) -> ApiSettings:
+    return ApiSettings(
+        database_url=SecretStr(migrated_url),
+        jwt_secret=SecretStr("test-secret-" + "x" * 40),
+        data_dir=tmp_path,
+        auto_migrate=False,
+        log_json=False,
+    )
+
+
+@pytest.fixture
+def app(api_settings: ApiSettings) -> FastAPI:
+    return create_app(api_settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+        db: DatabaseService = app.state.db
+        assert db.engines.primary.pool.checkedout() == 0, "a request leaked a connection"
+        assert db.engines.critical.pool.checkedout() == 0
+
+
+@dataclass
+class Account:
+    """A registered clinic admin, logged in."""
+
+    user: dict[str, Any]
+    clinic: dict[str, Any]
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+async def register(client: httpx.AsyncClient, *, clinic_name: str | None = None) -> Account:
+    """Register a new clinic and its admin, then log in."""
+    email = f"admin-{uuid.uuid4().hex[:10]}@clinic.example"
+    body = {
+        "clinic_name": clinic_name or f"Clinic {uuid.uuid4().hex[:6]}",
+        "email": email,
+        "password": PASSWORD,
+        "full_name": "Ada Admin",
+    }
+    created = await client.post("/api/v1/auth/register", json=body)
+    assert created.status_code == 201, created.text
+    tokens = await login(client, email, PASSWORD)
+    return Account(
+        user=created.json()["user"],
+        clinic=created.json()["clinic"],
+        email=email,
+        password=PASSWORD,
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+    )
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
+    response = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def staff(
+    client: httpx.AsyncClient, admin: Account, role: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Create a staff member of ``admin``'s clinic; return (user, auth headers)."""
+    email = f"{role}-{uuid.uuid4().hex[:10]}@clinic.example"
+    body = {"email": email, "password": PASSWORD, "full_name": f"Sam {role}", "role": role}
+    created = await client.post("/api/v1/users", json=body, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    tokens = await login(client, email, PASSWORD)
+    return created.json(), {"Authorization": f"Bearer {tokens['access_token']}"}
