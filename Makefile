@@ -5,13 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench services clean
+# `make serve` runs the reference service on the embedded default (SQLite, in-process cache).
+.PHONY: serve demo test lint typecheck unit bench services clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/healthdb serve
 
 demo: $(STAMP)
 	$(BIN)/healthdb demo

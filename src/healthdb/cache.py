@@ -8,6 +8,7 @@ refused, so a value read before a committed write is never served after it.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,19 @@ class _Miss:
 
 
 MISS: Final = _Miss()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """A cache key and the tags whose invalidation evicts it."""
+
+    key: str
+    tags: frozenset[str]
+
+
+def table_tag(table: str, clinic_id: uuid.UUID | None) -> str:
+    """The tag a write to ``table`` in ``clinic_id`` invalidates (``None``: global table)."""
+    return f"{table}:{clinic_id or '*'}"
 
 
 @dataclass(slots=True)

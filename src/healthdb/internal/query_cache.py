@@ -13,9 +13,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from healthdb.cache import MISS, MemoryCache
+from healthdb.cache import MISS, CacheKey, MemoryCache, table_tag
 from healthdb.context import current_scope
-from healthdb.query.keys import CacheKey, table_tag
 
 WRITTEN_TAGS = "healthdb_written_tags"
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from healthdb.cache import CacheKey, table_tag
 
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """A cache key and the tags whose invalidation evicts it."""
-
-    key: str
-    tags: frozenset[str]
-
-
-def table_tag(table: str, clinic_id: uuid.UUID | None) -> str:
-    """The tag a write to ``table`` in ``clinic_id`` invalidates (``None``: global table)."""
-    return f"{table}:{clinic_id or '*'}"
+__all__ = [
+    "CacheKey",
+    "custom",
+    "for_appointment",
+    "for_clinic",
+    "for_patient",
+    "for_user",
+    "table_tag",
+]
 
 
 def custom(clinic_id: uuid.UUID, name: str, *parts: object, tables: Iterable[str]) -> CacheKey:

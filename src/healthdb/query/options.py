@@ -73,7 +73,12 @@ class QueryOptions:
 
     def named(self, name: str) -> Self:
         """Label used in metrics and slow-query records (never include PHI)."""
-        if not name or len(name) > 64 or not name.replace("_", "").replace(".", "").isalnum():
+        if (
+            not name
+            or len(name) > 64
+            or not name.isascii()
+            or not name.replace("_", "").replace(".", "").isalnum()
+        ):
             raise InvalidInput("operation name must be 1-64 chars of [A-Za-z0-9_.]")
         return replace(self, name=name)
 
