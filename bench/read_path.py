@@ -1,0 +1,510 @@
+"""Primary-key read throughput through five paths, as ratios against raw asyncpg (same run).
+
+    .venv/bin/python bench/read_path.py [--seconds 5] [--concurrency 64] [--pool 10]
+                                        [--rows 1000] [--pg-url URL] [--paths a,b,c,d,e]
+
+Paths:
+  (a) raw asyncpg ``pool.fetchrow`` (the baseline every ratio is against);
+  (b) plain SQLAlchemy ORM ``AsyncSession.get``;
+  (c) ``db.execute_read`` through the full middleware chain;
+  (d) ``db.execute_read`` with ``.cached(keys.for_patient(...))``, served from the cache;
+  (e) plain ORM in a transaction with ``set_config('app.clinic_id', ..., true)`` (naive RLS).
+
+Every figure is measured in this run, on a throwaway database that is dropped at the end.
+After each timed run, a short sequential pass counts round trips per read: SQLAlchemy cursor
+executes (``before_cursor_execute``) plus the driver calls SQLAlchemy does not report as
+cursor executes (BEGIN, COMMIT, ROLLBACK, the pool pre-ping, asyncpg's pool reset), seen
+through asyncpg query loggers on every pooled connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+
+from _common import (
+    DEFAULT_PG_URL,
+    asyncpg_dsn,
+    machine,
+    patient_rows,
+    percentile,
+    postgres_version,
+    throwaway_database,
+    timestamp,
+    versions,
+    write_json,
+)
+from healthdb import BatchResult, DatabaseService, QueryOptions, Settings, keys
+from healthdb.migrate import upgrade
+from healthdb.models import Clinic, Patient
+
+ReadOp = Callable[[uuid.UUID], Awaitable[object]]
+QueryLogger = Callable[[Any], None]
+Detach = Callable[[], None]
+WireTap = Callable[[QueryLogger], Awaitable[Detach]]
+ALL_PATHS = "abcde"
+SET_CLINIC = text("SELECT set_config('app.clinic_id', :c, true)")
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    ops: int
+    seconds: float
+    latencies_ms: list[float]  # sorted
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies_ms, 0.50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_ms, 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class Trips:
+    """Statements seen over ``reads`` sequential reads."""
+
+    reads: int
+    cursor: Counter[str] | None  # None: not a SQLAlchemy path
+    driver: Counter[str]  # driver-level calls asyncpg logs (not the prepared SELECTs)
+
+    @property
+    def cursor_per_read(self) -> float | None:
+        return None if self.cursor is None else self.cursor.total() / self.reads
+
+    @property
+    def wire(self) -> Counter[str]:
+        return self.driver + (self.cursor or Counter())
+
+    @property
+    def wire_per_read(self) -> float:
+        return self.wire.total() / self.reads
+
+    def breakdown(self) -> dict[str, float]:
+        return {k: round(v / self.reads, 2) for k, v in self.wire.most_common()}
+
+
+@dataclass(slots=True)
+class PathResult:
+    key: str
+    label: str
+    timing: Timing
+    trips: Trips
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the paths ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Target:
+    key: str
+    label: str
+    read: ReadOp
+    tap: WireTap
+    engine: AsyncEngine | None = None  # whose cursor executes are counted
+    prepare: Callable[[Sequence[uuid.UUID]], Awaitable[None]] | None = None
+    cache_counts: Callable[[], tuple[int, int]] | None = None  # (hits, misses)
+
+
+def _attach_all(connections: Sequence[Any], callback: QueryLogger) -> Detach:
+    for conn in connections:
+        conn.add_query_logger(callback)
+
+    def detach() -> None:
+        for conn in connections:
+            conn.remove_query_logger(callback)
+
+    return detach
+
+
+def sqlalchemy_tap(engine: AsyncEngine, pool_size: int) -> WireTap:
+    """Check out every pooled connection once and attach the logger to its asyncpg driver."""
+
+    async def attach(callback: QueryLogger) -> Detach:
+        async with AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(engine.connect()) for _ in range(pool_size)]
+            drivers = [(await c.get_raw_connection()).driver_connection for c in conns]
+        return _attach_all(drivers, callback)
+
+    return attach
+
+
+def patient_sql() -> str:
+    columns = ", ".join(f'"{c.name}"' for c in Patient.__table__.columns)
+    return f"SELECT {columns} FROM patients WHERE id = $1"
+
+
+@asynccontextmanager
+async def raw_asyncpg(url: str, pool_size: int) -> AsyncIterator[list[Target]]:
+    created: list[Any] = []
+
+    async def remember(conn: Any) -> None:  # runs once per new connection, not per query
+        created.append(conn)
+
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url), min_size=pool_size, max_size=pool_size, init=remember
+    )
+    sql = patient_sql()
+
+    async def read(pid: uuid.UUID) -> object:
+        return await pool.fetchrow(sql, pid)
+
+    async def tap(callback: QueryLogger) -> Detach:
+        return _attach_all(list(created), callback)
+
+    try:
+        yield [Target("a", "raw asyncpg pool.fetchrow", read, tap)]
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def plain_orm(url: str, pool_size: int, clinic_id: uuid.UUID) -> AsyncIterator[list[Target]]:
+    engine = sa_create_async_engine(url, pool_size=pool_size, max_overflow=0)
+    sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    clinic = str(clinic_id)
+
+    async def get(pid: uuid.UUID) -> object:
+        async with sessions() as s:
+            return await s.get(Patient, pid)
+
+    async def naive(pid: uuid.UUID) -> object:
+        async with sessions() as s, s.begin():
+            await s.execute(SET_CLINIC, {"c": clinic})
+            return await s.get(Patient, pid)
+
+    tap = sqlalchemy_tap(engine, pool_size)
+    try:
+        yield [
+            Target("b", "SQLAlchemy ORM session.get", get, tap, engine),
+            Target("e", "ORM txn + set_config (naive RLS)", naive, tap, engine),
+        ]
+    finally:
+        await engine.dispose()
+
+
+def facade_targets(db: DatabaseService, clinic_id: uuid.UUID, pool_size: int) -> list[Target]:
+    async def read(pid: uuid.UUID) -> object:
+        async with db.clinic(clinic_id):
+            return await db.execute_read(lambda s: s.get(Patient, pid), QueryOptions.for_read())
+
+    async def cached(pid: uuid.UUID) -> object:
+        options = QueryOptions.for_read().cached(keys.for_patient(clinic_id, pid))
+        async with db.clinic(clinic_id):
+            return await db.execute_read(lambda s: s.get(Patient, pid), options)
+
+    async def fill(ids: Sequence[uuid.UUID]) -> None:
+        await run_each(cached, ids, concurrency=pool_size)
+
+    def counts() -> tuple[int, int]:
+        return db.cache.store.hits, db.cache.store.misses
+
+    engine = db.engines.primary
+    tap = sqlalchemy_tap(engine, pool_size)
+    return [
+        Target("c", "db.execute_read (middleware chain)", read, tap, engine),
+        Target("d", "db.execute_read .cached() (hit)", cached, tap, engine, fill, counts),
+    ]
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+async def run_each(read: ReadOp, ids: Sequence[uuid.UUID], *, concurrency: int) -> None:
+    """Read every id once, ``concurrency`` at a time."""
+    pending = iter(ids)
+
+    async def worker() -> None:
+        for pid in pending:
+            await read(pid)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def drive(
+    read: ReadOp, ids: Sequence[uuid.UUID], *, seconds: float, concurrency: int
+) -> Timing:
+    """``concurrency`` tasks read random ids until ``seconds`` have passed."""
+    latencies: list[float] = []
+    clock = time.perf_counter
+    deadline = clock() + seconds
+
+    async def worker(seed: int) -> None:
+        choose = random.Random(seed).choice
+        while clock() < deadline:
+            pid = choose(ids)
+            started = clock()
+            await read(pid)
+            latencies.append((clock() - started) * 1000)
+
+    started = clock()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = clock() - started
+    latencies.sort()
+    return Timing(len(latencies), elapsed, latencies)
+
+
+def classify(sql: str) -> str:
+    """A short, parameter-free label for a statement."""
+    flat = " ".join(sql.split()).strip().rstrip(";").strip()
+    upper = flat.upper()
+    if not flat:
+        return "';' (pre-ping)"
+    if upper.startswith("SELECT PG_ADVISORY_UNLOCK_ALL"):
+        return "asyncpg pool reset"
+    if "SET_CONFIG" in upper:
+        return "SELECT set_config"
+    if upper.startswith("SELECT") and "FROM PATIENTS" in upper:
+        return "SELECT patients"
+    return upper[:40]
+
+
+async def count_trips(target: Target, ids: Sequence[uuid.UUID], reads: int) -> Trips:
+    """Run ``reads`` sequential reads with statement counters attached, then detach them."""
+    driver: Counter[str] = Counter()
+    cursor: Counter[str] = Counter()
+
+    def on_query(record: Any) -> None:
+        driver[classify(record.query)] += 1
+
+    def on_cursor(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        cursor[classify(statement)] += 1
+
+    detach = await target.tap(on_query)
+    sync_engine = target.engine.sync_engine if target.engine else None
+    if sync_engine is not None:
+        event.listen(sync_engine, "before_cursor_execute", on_cursor)
+    try:
+        await asyncio.sleep(0.05)  # let loggers of the attach step itself fire, then forget them
+        driver.clear()
+        cursor.clear()
+        choose = random.Random(1).choice
+        for _ in range(reads):
+            await target.read(choose(ids))
+        await asyncio.sleep(0.05)  # asyncpg delivers log records with call_soon
+    finally:
+        detach()
+        if sync_engine is not None:
+            event.remove(sync_engine, "before_cursor_execute", on_cursor)
+    return Trips(reads, cursor if sync_engine is not None else None, Counter(driver))
+
+
+async def measure(target: Target, ids: Sequence[uuid.UUID], args: argparse.Namespace) -> PathResult:
+    if target.prepare is not None:
+        await target.prepare(ids)
+    await drive(target.read, ids, seconds=args.warmup, concurrency=args.concurrency)
+    before = target.cache_counts() if target.cache_counts else None
+    timing = await drive(target.read, ids, seconds=args.seconds, concurrency=args.concurrency)
+    result = PathResult(target.key, target.label, timing, Trips(1, None, Counter()))
+    if target.cache_counts is not None and before is not None:
+        hits, misses = (now - then for now, then in zip(target.cache_counts(), before, strict=True))
+        result.extra["cache_hit_ratio"] = round(hits / max(1, hits + misses), 4)
+    result.trips = await count_trips(target, ids, args.count_reads)
+    print(f"  measured ({target.key}) {target.label}: {timing.ops_per_s:,.0f} ops/s", flush=True)
+    return result
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+async def seed(db: DatabaseService, rows: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """One clinic and ``rows`` patients, through the facade; returns their ids."""
+    clinic_id = uuid.uuid4()
+
+    async def add_clinic(session: AsyncSession) -> None:
+        session.add(Clinic(id=clinic_id, name="Bench clinic"))
+
+    async def patient_ids(session: AsyncSession) -> list[uuid.UUID]:
+        return list((await session.scalars(select(Patient.id))).all())
+
+    await db.execute_write(add_clinic)
+    async with db.clinic(clinic_id):
+        outcome: BatchResult[Any] = await db.execute_batch(patient_rows(rows), Patient)
+        if not outcome.ok:
+            raise RuntimeError(f"seeding failed: {outcome.failures[:3]}")
+        ids = await db.execute_read(patient_ids)
+    if len(ids) != rows:
+        raise RuntimeError(f"expected {rows} patients, found {len(ids)}")
+    return clinic_id, ids
+
+
+def facade_settings(url: str, args: argparse.Namespace) -> Settings:
+    return Settings(
+        database_url=url,
+        pool_size=args.pool,
+        max_overflow=0,
+        slow_query_ms=10_000,
+        cache_ttl=3600,  # (d) must stay a cache hit for the whole run
+        cache_max_entries=max(10_000, args.rows),
+    )
+
+
+async def run_paths(
+    url: str, db: DatabaseService, clinic_id: uuid.UUID, ids: list[uuid.UUID], args: Any
+) -> list[PathResult]:
+    wanted = set(args.paths)
+    results: list[PathResult] = []
+    groups: list[tuple[str, Callable[[], AbstractAsyncContextManager[list[Target]]]]] = [
+        ("a", lambda: raw_asyncpg(url, args.pool)),
+        ("be", lambda: plain_orm(url, args.pool, clinic_id)),
+    ]
+    for keys_, make in groups:
+        if wanted & set(keys_):
+            async with make() as targets:
+                for target in targets:
+                    if target.key in wanted:
+                        results.append(await measure(target, ids, args))
+    for target in facade_targets(db, clinic_id, args.pool):
+        if target.key in wanted:
+            results.append(await measure(target, ids, args))
+    return sorted(results, key=lambda r: r.key)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    async with throwaway_database(args.pg_url) as url:
+        await upgrade(url)
+        settings = facade_settings(url, args)
+        async with DatabaseService.connect(settings) as db:
+            clinic_id, ids = await seed(db, args.rows)
+            print(f"seeded 1 clinic, {len(ids)} patients; measuring...", flush=True)
+            results = await run_paths(url, db, clinic_id, ids, args)
+        pg = await postgres_version(url)
+    return payload(results, args, settings, pg)
+
+
+# -- output ---------------------------------------------------------------------------------
+
+NOTES = [
+    "BEGIN/COMMIT/ROLLBACK (and the pool pre-ping) are not cursor executes in SQLAlchemy, so "
+    "before_cursor_execute never sees them: 'statements/read' undercounts round trips. "
+    "'wire/read' adds them, as logged by asyncpg query loggers on every pooled connection.",
+    "Round trips are counted over a separate sequential pass after each timed run; the timed "
+    "runs carry no counters.",
+    "(c) and (d) enter db.clinic(...) per read, like a request handler would.",
+    "(d) never suspends on a cache hit, so one task does all the work: concurrency is moot there.",
+]
+
+
+def payload(
+    results: list[PathResult], args: argparse.Namespace, settings: Settings, pg: str
+) -> dict[str, Any]:
+    base = next((r.timing.ops_per_s for r in results if r.key == "a"), None)
+    return {
+        "benchmark": "read_path",
+        "timestamp": timestamp(),
+        "config": {
+            "seconds": args.seconds,
+            "warmup_seconds": args.warmup,
+            "concurrency": args.concurrency,
+            "pool": args.pool,
+            "rows": args.rows,
+            "count_reads": args.count_reads,
+            "facade_pool_pre_ping": settings.pool_pre_ping,
+            "plain_sqlalchemy_pool_pre_ping": False,
+        },
+        "versions": versions(postgresql=pg),
+        "machine": machine(),
+        "paths": [
+            {
+                "path": r.key,
+                "label": r.label,
+                "ops": r.timing.ops,
+                "seconds": round(r.timing.seconds, 3),
+                "ops_per_s": round(r.timing.ops_per_s, 1),
+                "ratio_vs_a": round(r.timing.ops_per_s / base, 3) if base else None,
+                "p50_ms": round(r.timing.p50, 3),
+                "p99_ms": round(r.timing.p99, 3),
+                "cursor_executes_per_read": r.trips.cursor_per_read,
+                "round_trips_per_read": r.trips.wire_per_read,
+                "round_trip_breakdown": r.trips.breakdown(),
+                **r.extra,
+            }
+            for r in results
+        ],
+        "notes": NOTES,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    cfg, ver = data["config"], data["versions"]
+    load = data["machine"]["loadavg_1_5_15"]
+    lines = [
+        f"read_path: {cfg['concurrency']} tasks, pool {cfg['pool']}, {cfg['rows']} rows, "
+        f"{cfg['seconds']} s per path after {cfg['warmup_seconds']} s warm-up | "
+        f"Python {ver['python']}, SQLAlchemy {ver['sqlalchemy']}, asyncpg {ver['asyncpg']}, "
+        f"PostgreSQL {ver['postgresql']}",
+        "",
+        f"{'path':<42} {'ops/s':>9} {'vs (a)':>7} {'p50 ms':>8} {'p99 ms':>8}",
+    ]
+    for p in data["paths"]:
+        ratio = f"{p['ratio_vs_a']:.2f}x" if p["ratio_vs_a"] is not None else "n/a"
+        lines.append(
+            f"({p['path']}) {p['label']:<38} {p['ops_per_s']:>9,.0f} {ratio:>7} "
+            f"{p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f}"
+        )
+    lines += ["", f"Round trips per read ({cfg['count_reads']} sequential reads per path):"]
+    lines.append(f"{'path':<5} {'statements/read':>15} {'wire/read':>9}  breakdown per read")
+    for p in data["paths"]:
+        stmts = p["cursor_executes_per_read"]
+        shown = "-" if stmts is None else f"{stmts:.2f}"
+        parts = ", ".join(f"{k} {v:g}" for k, v in p["round_trip_breakdown"].items()) or "none"
+        lines.append(f"({p['path']})  {shown:>15} {p['round_trips_per_read']:>9.2f}  {parts}")
+    hit = next((p.get("cache_hit_ratio") for p in data["paths"] if p["path"] == "d"), None)
+    if hit is not None:
+        lines.append(f"(d) cache hit ratio during the timed run: {hit:.2%}")
+    lines.append(f"facade pool_pre_ping={cfg['facade_pool_pre_ping']} (Settings default)")
+    lines += ["", *(f"note: {n}" for n in data["notes"])]
+    lines.append(f"load average at the end (1/5/15 min): {load}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per path")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per path")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--count-reads", type=int, default=200, help="reads per round-trip count")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="superuser URL to create DBs")
+    parser.add_argument("--paths", default=ALL_PATHS, help="subset of 'abcde' to run")
+    parser.add_argument("--output", default="read_path.json", help="file name in bench/results")
+    args = parser.parse_args(argv)
+    if not set(args.paths) <= set(ALL_PATHS):
+        parser.error("--paths takes letters from 'abcde'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    data = asyncio.run(run(args))
+    print()
+    print(render(data))
+    path = write_json(args.output, data)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
