@@ -19,13 +19,14 @@ from sqlalchemy.orm import DeclarativeBase
 from healthdb.cache import MemoryCache
 from healthdb.context import ClinicScope, Role, clinic_scope, current_scope
 from healthdb.engine import Engines, create_engines
-from healthdb.errors import DatabaseUnavailable, InvalidInput, ServiceClosed
+from healthdb.errors import ClinicContextRequired, DatabaseUnavailable, InvalidInput, ServiceClosed
 from healthdb.internal import isolation, query_cache
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
 from healthdb.internal.query_cache import QueryCache
 from healthdb.internal.retry import retrying, translate
+from healthdb.models.base import is_tenant
 from healthdb.query import batch, middleware
 from healthdb.query.batch import BatchFailure, BatchResult
 from healthdb.query.keys import table_tag
@@ -315,6 +316,8 @@ class DatabaseService:
     ) -> BatchResult[Any]:
         scope = current_scope()
         clinic = scope.clinic_id if scope else None
+        if clinic is None and is_tenant(model):
+            raise ClinicContextRequired("a bulk insert into a tenant table needs a clinic scope")
         prepared, failures = batch.prepare_rows(model, rows, clinic)
         good = [row for row in prepared if row is not None]
         index_of = [i for i, row in enumerate(prepared) if row is not None]
@@ -362,6 +365,7 @@ class DatabaseService:
 
     async def ping(self) -> float:
         """One round trip on the primary pool; returns milliseconds."""
+        self._check_open()  # a closed service must not reopen its disposed pool
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -378,7 +382,7 @@ class DatabaseService:
             self.metrics.pool_in_use.labels(name).set(status.checked_out)
         try:
             latency = await self.ping()
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, ServiceClosed) as exc:
             return HealthReport(False, self.engines.dialect, None, pools, exc.code)
         return HealthReport(True, self.engines.dialect, latency, pools)
 

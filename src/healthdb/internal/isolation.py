@@ -7,10 +7,11 @@ are untouched. Fails closed: a tenant statement with no clinic scope raises
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, event
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql import visitors
 
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired
@@ -24,7 +25,16 @@ class TenantSession(Session):
 
 
 def _touches_tenant(state: ORMExecuteState) -> bool:
-    return any(is_tenant(m.class_) for m in state.all_mappers)
+    if any(is_tenant(m.class_) for m in state.all_mappers):
+        return True
+    # all_mappers lists only the selected entities: a tenant entity that appears solely in
+    # FROM, WHERE or a subquery (``select(func.count()).select_from(Patient)``) is found
+    # through the ORM annotation on its table or columns.
+    for element in visitors.iterate(cast(visitors.ExternallyTraversible, state.statement)):
+        entity = getattr(element, "_annotations", {}).get("parententity")
+        if entity is not None and is_tenant(entity.class_):
+            return True
+    return False
 
 
 def _scope_statement(state: ORMExecuteState) -> None:

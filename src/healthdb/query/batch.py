@@ -78,17 +78,14 @@ async def run_batch(
                 values = await run_unit(lambda s: _apply(s, op, [items[i] for i in indexes]))
                 for i, value in zip(indexes, values, strict=True):
                     result.results[i] = value
-            except Exception:
-                await _one_by_one(indexes)
+            except Exception as exc:
+                if len(indexes) == 1:  # the chunk was the item: its error is the item's error
+                    result.failures.append(_failure(indexes[0], translate(exc)))
+                else:
+                    for i in indexes:
+                        await run_single(i)
         if on_progress:
             on_progress(len(indexes))
-
-    async def _one_by_one(indexes: range) -> None:
-        if len(indexes) == 1:  # the chunk was the item: its error is the item's error
-            await run_single(indexes[0])
-            return
-        for i in indexes:
-            await run_single(i)
 
     async def run_single(i: int) -> None:
         try:
@@ -141,8 +138,8 @@ def _check_row(row: Any, columns: Mapping[str, Any], clinic_id: uuid.UUID | None
         return "rows may only be inserted into the current clinic"
     for key, value in row.items():
         kind = columns[key].type
-        too_long = isinstance(kind, String) and kind.length and len(value) > kind.length
-        if isinstance(value, str) and too_long:
+        too_long = isinstance(kind, String) and kind.length and isinstance(value, str)
+        if too_long and len(value) > kind.length:
             return f"value too long for column {key} (max {kind.length})"
     return None
 
