@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from healthdb.settings import Settings
 
@@ -86,6 +87,30 @@ def create_engines(settings: Settings) -> Engines:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded attributes after commit (results outlive the transaction)."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Sessions:
+    """Read and write session factories over one pool.
+
+    The transaction mode rides on engine-level execution options, so choosing it costs
+    nothing per call: ``BEGIN READ ONLY`` for reads on PostgreSQL, ``BEGIN IMMEDIATE`` for
+    writes on SQLite (take the single write lock up front instead of deadlocking on upgrade).
+    """
+
+    read: async_sessionmaker[AsyncSession]
+    write: async_sessionmaker[AsyncSession]
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine, *, session_class: type[Session]) -> Sessions:
+        postgres = engine.dialect.name == "postgresql"
+        read = engine.execution_options(postgresql_readonly=True) if postgres else engine
+        write = engine if postgres else engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        return cls(read=_maker(read, session_class), write=_maker(write, session_class))
+
+
+def _maker(engine: AsyncEngine, session_class: type[Session]) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
 
 
 def _postgres_connect_args(settings: Settings) -> dict[str, Any]:

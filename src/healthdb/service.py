@@ -13,12 +13,12 @@ from typing import Any, Self, TypeVar
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb.cache import MemoryCache
 from healthdb.context import ClinicScope, Role, clinic_scope, current_scope
-from healthdb.engine import Engines, create_engines
+from healthdb.engine import Engines, Sessions, create_engines
 from healthdb.errors import ClinicContextRequired, DatabaseUnavailable, InvalidInput, ServiceClosed
 from healthdb.internal import isolation, query_cache
 from healthdb.internal.invalidation import InvalidationBus
@@ -79,8 +79,10 @@ class DatabaseService:
         self.bus = bus
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
-        self._sessions = _sessionmaker(engines.primary)
-        self._critical_sessions = _sessionmaker(engines.critical)
+        self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
+        self._critical_sessions = Sessions.for_engine(
+            engines.critical, session_class=isolation.TenantSession
+        )
         steps = middleware_steps if middleware_steps is not None else self._default_steps()
         self._handle: Handler = chain(steps, self._endpoint)
         self._closed = False
@@ -237,7 +239,7 @@ class DatabaseService:
             concurrency=concurrency,
             chunk_size=size,
             translate=translate,
-            on_progress=on_progress,
+            on_progress=None if on_progress is None else lambda done: on_progress(len(done)),
         )
 
     async def execute_critical(self, op: Operation[T], *, reason: str) -> T:
@@ -246,15 +248,6 @@ class DatabaseService:
         It stays inside the caller's clinic scope; it widens capacity, never tenancy.
         """
         options = QueryOptions.for_emergency().named("critical")
-        scope = current_scope()
-        if isinstance(reason, str) and reason.strip():
-            log.warning(
-                "break_glass",
-                clinic_id=str(scope.clinic_id) if scope else None,
-                actor=str(scope.actor) if scope and scope.actor else None,
-                reason_length=len(reason),
-            )
-            self.metrics.critical.inc()
         result: T = await self._run(CallKind.CRITICAL, op, options, reason=reason)
         return result
 
@@ -280,11 +273,14 @@ class DatabaseService:
                 self._idle.set()
 
     async def _endpoint(self, call: Call) -> Any:
-        factory = self._critical_sessions if call.kind is CallKind.CRITICAL else self._sessions
+        sessions = self._sessions
+        if call.kind is CallKind.CRITICAL:
+            sessions = self._critical_sessions
+            self._log_break_glass(call)
 
         def run() -> Awaitable[Any]:
             return unit_of_work(
-                factory,
+                sessions,
                 call,
                 postgres=self.engines.is_postgres,
                 on_commit=self._invalidate,
@@ -304,6 +300,18 @@ class DatabaseService:
         self.cache.invalidate(tags)
         if self.bus is not None:
             await self.bus.publish(tags)
+
+    def _log_break_glass(self, call: Call) -> None:
+        # Logged once the call has passed validation and security, so refusals never count.
+        scope = call.scope
+        log.warning(
+            "break_glass",
+            clinic_id=str(scope.clinic_id) if scope else None,
+            actor=str(scope.actor) if scope and scope.actor else None,
+            purpose=scope.purpose if scope else None,
+            reason_length=len(call.reason or ""),
+        )
+        self.metrics.critical.inc()
 
     async def _bulk_insert(
         self,
@@ -330,8 +338,21 @@ class DatabaseService:
         size = _chunk(chunk_size, self.settings.batch_chunk_size)
         chunks = [good[i : i + size] for i in range(0, len(good), size)]
         lanes = min(concurrency, self.settings.pool_size)
-        outcome = await self.execute_batch(
-            chunks, insert_chunk, concurrency=lanes, chunk_size=1, name=options.name
+        if on_progress and failures:
+            on_progress(len(failures))
+
+        def chunk_progress(done: range) -> None:
+            if on_progress:
+                on_progress(sum(len(chunks[i]) for i in done))
+
+        outcome = await batch.run_batch(
+            chunks,
+            insert_chunk,
+            run_unit=lambda unit: self._run(CallKind.WRITE, unit, options),
+            concurrency=lanes,
+            chunk_size=1,
+            translate=translate,
+            on_progress=chunk_progress,
         )
         result: BatchResult[Any] = BatchResult(total=len(rows), results=[None] * len(rows))
         result.failures.extend(failures)
@@ -349,8 +370,6 @@ class DatabaseService:
                 BatchFailure(index_of[start + f.index], f.code, f.message) for f in retry.failures
             )
         result.failures.sort(key=lambda f: f.index)
-        if on_progress:
-            on_progress(len(rows))
         return result
 
     # -- lifecycle and health -----------------------------------------------------------
@@ -460,12 +479,6 @@ def _invalidation_bus(settings: Settings, cache: QueryCache) -> InvalidationBus 
         socket_connect_timeout=settings.redis_timeout,
     )
     return InvalidationBus(client=client, on_remote=cache.invalidate, on_reset=cache.store.clear)
-
-
-def _sessionmaker(engine: Any) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(
-        engine, expire_on_commit=False, sync_session_class=isolation.TenantSession
-    )
 
 
 def _pool(engine: Any) -> PoolStatus:

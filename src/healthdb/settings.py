@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     max_overflow: int = Field(5, ge=0, le=500)
     pool_timeout: float = Field(5.0, gt=0, le=120, description="seconds to wait for a connection")
     pool_recycle: int = Field(1800, ge=-1)
-    pool_pre_ping: bool = True
+    # Off by default: with asyncpg a ping costs three round trips per checkout; dead
+    # connections are invalidated on first use and reads re-run on a fresh one.
+    pool_pre_ping: bool = False
     critical_pool_size: int = Field(
         2, ge=1, le=50, description="connections reserved for break-glass"
     )

@@ -14,6 +14,7 @@ from healthdb_api import errors
 from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.tokens import TokenConfig
 from healthdb_api.deps import require_roles
+from healthdb_api.limits import BodySizeLimit
 from healthdb_api.routes import appointments, patients, users
 from healthdb_api.settings import ApiSettings
 
@@ -39,6 +40,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         access_ttl=settings.access_token_ttl,
     )
     errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.middleware("http")(_request_id)
     app.include_router(health_router())
     app.include_router(metrics_router())

@@ -22,6 +22,15 @@ class ApiSettings(Settings):
     jwt_audience: str = "healthdb-api"
     access_token_ttl: int = Field(900, ge=60, le=3600, description="seconds")
     refresh_token_ttl: int = Field(14 * 24 * 3600, ge=3600, description="seconds")
+    login_max_failures_per_account: int = Field(
+        5, ge=1, le=1000, description="failed logins per e-mail in the window before 429"
+    )
+    login_max_failures_per_address: int = Field(
+        20, ge=1, le=100_000, description="failed logins per client address in the window"
+    )
+    login_failure_window: int = Field(
+        900, ge=1, le=86_400, description="seconds: the brute-force sliding window"
+    )
     auto_migrate: bool = Field(True, description="migrate an embedded SQLite database at start")
     max_body_bytes: int = Field(1_048_576, ge=1024)
     log_level: str = "INFO"

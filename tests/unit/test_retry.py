@@ -119,8 +119,10 @@ def test_is_transient(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
-async def run_with(make: Callable[[], AsyncRetrying], fn: Callable[[], Awaitable[T]]) -> T:
-    async for attempt in make():
+async def run_with(
+    make: Callable[[bool], AsyncRetrying], fn: Callable[[], Awaitable[T]], idempotent: bool = False
+) -> T:
+    async for attempt in make(idempotent):
         with attempt:
             return await fn()
     raise AssertionError("unreachable")
@@ -161,3 +163,25 @@ async def test_retrying_reruns_transient_errors_only() -> None:
     with pytest.raises(sa_exc.OperationalError):
         await run_with(make, always)
     assert calls == 4
+
+
+async def test_a_dead_connection_is_rerun_for_reads_but_never_for_writes() -> None:
+    make = retrying(attempts=3, max_wait=0.001)
+    calls = 0
+
+    async def dead() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            exc = wrap(sa_exc.OperationalError, "08006")
+            exc.connection_invalidated = True
+            raise exc
+        return "ok"
+
+    assert await run_with(make, dead, idempotent=True) == "ok"
+    assert calls == 2
+
+    calls = 0
+    with pytest.raises(sa_exc.OperationalError):
+        await run_with(make, dead, idempotent=False)
+    assert calls == 1

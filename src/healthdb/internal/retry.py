@@ -79,15 +79,28 @@ def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
     return errors.DatabaseError("the database rejected the operation")
 
 
-def retrying(*, attempts: int, max_wait: float) -> Callable[[], AsyncRetrying]:
-    """A factory of tenacity retry loops for transient failures only (everything else raises)."""
+def is_disconnect(exc: BaseException) -> bool:
+    """The pooled connection turned out dead (server restart, network cut); it has been
+    invalidated, so a re-run gets a fresh one. Without pre-ping this is how a stale
+    connection is noticed."""
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
-    def make() -> AsyncRetrying:
-        return AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(multiplier=0.01, max=max_wait, jitter=0.05),
-            reraise=True,
-        )
+
+def _transient_or_disconnect(exc: BaseException) -> bool:
+    return is_transient(exc) or is_disconnect(exc)
+
+
+def retrying(*, attempts: int, max_wait: float) -> Callable[[bool], AsyncRetrying]:
+    """A factory of tenacity retry loops. Transient failures are always re-run; a dead
+    connection only when the unit is idempotent (a read): a write whose connection died
+    may have committed, and re-running it could apply it twice."""
+    stop = stop_after_attempt(attempts)
+    wait = wait_exponential_jitter(multiplier=0.01, max=max_wait, jitter=0.05)
+    for_writes = retry_if_exception(is_transient)
+    for_reads = retry_if_exception(_transient_or_disconnect)
+
+    def make(idempotent: bool) -> AsyncRetrying:
+        retry = for_reads if idempotent else for_writes
+        return AsyncRetrying(retry=retry, stop=stop, wait=wait, reraise=True)
 
     return make

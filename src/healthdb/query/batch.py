@@ -65,7 +65,7 @@ async def run_batch(
     concurrency: int,
     chunk_size: int,
     translate: Callable[[BaseException], BaseException],
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[range], None] | None = None,
 ) -> BatchResult[R]:
     """Run ``op`` for every item, ``chunk_size`` items per transaction."""
     result: BatchResult[R] = BatchResult(total=len(items), results=[None] * len(items))
@@ -85,7 +85,7 @@ async def run_batch(
                     for i in indexes:
                         await run_single(i)
         if on_progress:
-            on_progress(len(indexes))
+            on_progress(indexes)
 
     async def run_single(i: int) -> None:
         try:

@@ -121,12 +121,16 @@ def cached(cache: QueryCache, metrics: QueryMetrics) -> Middleware:
     return step
 
 
-def retried(make_retrying: Callable[[], AsyncRetrying], metrics: QueryMetrics) -> Middleware:
-    """Re-run on serialization failures and deadlocks; translate every error once."""
+def retried(make_retrying: Callable[[bool], AsyncRetrying], metrics: QueryMetrics) -> Middleware:
+    """Re-run on serialization failures and deadlocks (and, for reads, dead connections);
+    translate every error once."""
 
     async def step(call: Call, next_: Handler) -> Any:
+        idempotent = call.kind is CallKind.READ or (
+            isinstance(call.options, TransactionOptions) and call.options.is_read_only
+        )
         try:
-            async for attempt in make_retrying():
+            async for attempt in make_retrying(idempotent):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         metrics.retries.labels("transient").inc()

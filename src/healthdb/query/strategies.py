@@ -12,37 +12,27 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from healthdb.engine import SQLITE_BEGIN
+from healthdb.engine import Sessions
 from healthdb.errors import ConflictError, QueryTimeout
 from healthdb.internal.isolation import PESSIMISTIC
-from healthdb.internal.query_cache import written_tags
-from healthdb.query.options import LockMode, QueryOptions, TransactionOptions, WriteStrategy
+from healthdb.internal.query_cache import WRITTEN_TAGS
+from healthdb.query.options import LockMode, TransactionOptions, WriteStrategy
 from healthdb.query.pipeline import Call, CallKind
 
 OnCommit = Callable[[set[str]], Awaitable[None]]
 
 
-def _execution_options(call: Call, *, postgres: bool) -> dict[str, Any]:
+def _is_read_only(call: Call) -> bool:
     options = call.options
-    read_only = call.kind is CallKind.READ or (
+    return call.kind is CallKind.READ or (
         isinstance(options, TransactionOptions) and options.is_read_only
     )
-    opts: dict[str, Any] = {}
-    if isinstance(options, TransactionOptions) and options.isolation is not None:
-        opts["isolation_level"] = options.isolation.value
-    if postgres and read_only:
-        opts["postgresql_readonly"] = True
-    if not postgres and not read_only:
-        # SQLite has one writer: take the lock at BEGIN, not on first write (no upgrade deadlock).
-        opts[SQLITE_BEGIN] = "IMMEDIATE"
-    return opts
 
 
 async def unit_of_work(
-    factory: async_sessionmaker[AsyncSession],
+    sessions: Sessions,
     call: Call,
     *,
     postgres: bool,
@@ -51,26 +41,23 @@ async def unit_of_work(
 ) -> Any:
     """Run ``call.operation`` in one transaction and commit; invalidate after commit."""
     options = call.options
-    timeout = options.timeout
+    factory = sessions.read if _is_read_only(call) else sessions.write
     async with factory() as session:
-        if isinstance(options, TransactionOptions) and options.lock is LockMode.PESSIMISTIC:
-            session.sync_session.info[PESSIMISTIC] = True
-        exec_opts = _execution_options(call, postgres=postgres)
-        if exec_opts:
-            await session.connection(execution_options=exec_opts)
-        if (
-            postgres
-            and isinstance(options, QueryOptions)
-            and options.write_strategy is WriteStrategy.BATCH
-        ):
+        if isinstance(options, TransactionOptions):
+            if options.lock is LockMode.PESSIMISTIC:
+                session.sync_session.info[PESSIMISTIC] = True
+            if options.isolation is not None:
+                isolation = {"isolation_level": options.isolation.value}
+                await session.connection(execution_options=isolation)
+        elif postgres and options.write_strategy is WriteStrategy.BATCH:
             await session.execute(_SET_LOCAL_TIMEOUT, {"ms": str(batch_statement_timeout_ms)})
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(options.timeout):
                 result = await call.operation(session)
                 await session.commit()
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
-        tags = written_tags(session.sync_session)
+        tags = session.sync_session.info.get(WRITTEN_TAGS)
         if tags:
             await on_commit(set(tags))
         return result

@@ -1,5 +1,356 @@
-"""Auth routes (``/api/v1/auth``)."""
+"""Auth routes (``/api/v1/auth``): register, login, refresh, logout, me.
 
-from fastapi import APIRouter
+Login never tells whether an e-mail exists: an unknown address costs the same argon2 work as
+a wrong password and gets the same status and byte-identical body. Password hashing and the
+password policy run in worker threads, off the event loop, and never while a database
+connection is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from healthdb import ConflictError, DatabaseService, HealthdbError, QueryOptions, Role
+from healthdb.models import Clinic, User, UserLogin
+from healthdb.repositories import UserRepository
+from healthdb_api.auth import sessions
+from healthdb_api.auth.passwords import (
+    WeakPassword,
+    check_password_policy,
+    dummy_verify,
+    hash_password,
+    verify_password,
+)
+from healthdb_api.auth.schemas import (
+    ClinicOut,
+    LoginIn,
+    RefreshIn,
+    RegisterIn,
+    RegisterOut,
+    TokenOut,
+    UserOut,
+)
+from healthdb_api.auth.throttle import Attempt, LoginThrottle, TooManyAttempts
+from healthdb_api.auth.tokens import Claims, TokenConfig, issue_access
+from healthdb_api.deps import CurrentPrincipal, Db, scope, token_config
+from healthdb_api.errors import ApiError
+from healthdb_api.settings import ApiSettings
+
+log = structlog.get_logger("healthdb_api.auth")
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+INVALID_CREDENTIALS = "invalid email or password"
+DUPLICATE_MESSAGE = "an account cannot be created with these details"
+
+
+# -- dependencies ---------------------------------------------------------------------------
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
+    return settings
+
+
+def get_throttle(request: Request) -> LoginThrottle:
+    """The app's login throttle, created on first use from the settings."""
+    throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        settings = get_settings(request)
+        throttle = LoginThrottle(
+            max_per_account=settings.login_max_failures_per_account,
+            max_per_address=settings.login_max_failures_per_address,
+            window=settings.login_failure_window,
+        )
+        request.app.state.login_throttle = throttle
+    return throttle
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+Throttle = Annotated[LoginThrottle, Depends(get_throttle)]
+Tokens = Annotated[TokenConfig, Depends(token_config)]
+
+
+def _request_id(request: Request) -> str:
+    rid = getattr(request.state, "request_id", None)
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def _client_addr(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+# -- shared with the users routes -----------------------------------------------------------
+
+
+async def check_new_password(
+    password: str, *, email: str, user_inputs: tuple[str, ...] = ()
+) -> None:
+    """Apply the password policy off the event loop; 422 with a helpful message."""
+    try:
+        await asyncio.to_thread(
+            check_password_policy, password, email=email, user_inputs=user_inputs
+        )
+    except WeakPassword as exc:
+        raise ApiError(422, "weak_password", str(exc)) from None
+
+
+async def hash_new_password(password: str) -> str:
+    return await asyncio.to_thread(hash_password, password)
+
+
+def duplicate_account() -> ApiError:
+    return ApiError(409, "conflict", DUPLICATE_MESSAGE)
+
+
+async def email_taken(db: DatabaseService, email: str) -> bool:
+    """Whether a login already uses ``email`` (a non-tenant lookup: no scope needed)."""
+
+    async def op(session: AsyncSession) -> bool:
+        found = await session.scalar(select(UserLogin.user_id).where(UserLogin.email == email))
+        return found is not None
+
+    return await db.execute_read(op, QueryOptions.for_read("auth.email_taken"))
+
+
+async def add_user(
+    session: AsyncSession,
+    *,
+    clinic_id: uuid.UUID,
+    email: str,
+    password_hash: str,
+    full_name: str,
+    role: Role,
+) -> User:
+    """Insert a user and its login row (call inside the clinic's scope and one write)."""
+    user = User(
+        id=uuid.uuid4(),
+        clinic_id=clinic_id,
+        email=email,
+        password_hash=password_hash,
+        full_name=full_name,
+        role=role.value,
+        active=True,
+    )
+    await UserRepository(session).add(user)
+    session.add(UserLogin(email=user.email, user_id=user.id, clinic_id=clinic_id))
+    await session.flush()
+    return user
+
+
+def _issue_access(config: TokenConfig, user: User) -> str:
+    return issue_access(config, Claims(user.id, user.clinic_id, Role.parse(user.role)))
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+@router.post("/register", status_code=201, response_model=RegisterOut)
+async def register(body: RegisterIn, db: Db, request: Request) -> RegisterOut:
+    """Create a clinic and its first ``clinic_admin``."""
+    await check_new_password(
+        body.password, email=body.email, user_inputs=(body.full_name, body.clinic_name)
+    )
+    if await email_taken(db, body.email):
+        raise duplicate_account()
+    password_hash = await hash_new_password(body.password)
+    clinic = Clinic(id=uuid.uuid4(), name=body.clinic_name, active=True)
+
+    async def add_clinic(session: AsyncSession) -> None:
+        session.add(clinic)
+        await session.flush()
+
+    await db.execute_write(add_clinic, QueryOptions.for_write("auth.register_clinic"))
+
+    async def add_admin(session: AsyncSession) -> User:
+        return await add_user(
+            session,
+            clinic_id=clinic.id,
+            email=body.email,
+            password_hash=password_hash,
+            full_name=body.full_name,
+            role=Role.CLINIC_ADMIN,
+        )
+
+    try:
+        async with db.clinic(
+            clinic.id,
+            role=Role.CLINIC_ADMIN,
+            purpose="registration",
+            request_id=_request_id(request),
+        ):
+            user = await db.execute_write(add_admin, QueryOptions.for_write("auth.register_user"))
+    except ConflictError:
+        # Lost a race for the e-mail: remove the clinic we just created for nobody.
+        await _drop_empty_clinic(db, clinic.id)
+        raise duplicate_account() from None
+    log.info("clinic_registered", clinic_id=str(clinic.id), user_id=str(user.id))
+    return RegisterOut(user=UserOut.of(user), clinic=ClinicOut.of(clinic))
+
+
+async def _drop_empty_clinic(db: DatabaseService, clinic_id: uuid.UUID) -> None:
+    async def op(session: AsyncSession) -> None:
+        await session.execute(delete(Clinic).where(Clinic.id == clinic_id))
+
+    try:
+        await db.execute_write(op, QueryOptions.for_write("auth.register_undo"))
+    except HealthdbError as exc:  # best effort: an empty clinic harms no one
+        log.warning("orphan_clinic_left", clinic_id=str(clinic_id), code=exc.code)
+
+
+@router.post("/login", response_model=TokenOut)
+async def login(
+    body: LoginIn,
+    db: Db,
+    request: Request,
+    throttle: Throttle,
+    settings: SettingsDep,
+    config: Tokens,
+) -> TokenOut:
+    """Exchange e-mail and password for an access token and a refresh token."""
+    try:
+        attempt = throttle.begin(body.email, _client_addr(request))
+    except TooManyAttempts as exc:
+        raise ApiError(
+            429,
+            "too_many_attempts",
+            "too many failed login attempts; try again later",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
+    try:
+        tokens = await _login(db, body, request, settings, config, attempt, throttle)
+    except BaseException:
+        throttle.abort(attempt)
+        raise
+    if tokens is None:
+        raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS)
+    return tokens
+
+
+async def _login(
+    db: DatabaseService,
+    body: LoginIn,
+    request: Request,
+    settings: ApiSettings,
+    config: TokenConfig,
+    attempt: Attempt,
+    throttle: LoginThrottle,
+) -> TokenOut | None:
+    """The tokens, or ``None`` for a failed attempt (already counted by the throttle)."""
+
+    async def find_login(session: AsyncSession) -> UserLogin | None:
+        return await session.scalar(select(UserLogin).where(UserLogin.email == body.email))
+
+    entry = await db.execute_read(find_login, QueryOptions.for_read("auth.login_lookup"))
+    if entry is None:
+        await asyncio.to_thread(dummy_verify, body.password)
+        log.info("login_failed", user_id=None)
+        return None
+
+    async with db.clinic(
+        entry.clinic_id,
+        actor=entry.user_id,
+        purpose=sessions.PURPOSE,
+        request_id=_request_id(request),
+    ):
+
+        async def load(session: AsyncSession) -> User | None:
+            user = await UserRepository(session).get(entry.user_id)
+            clinic = await session.get(Clinic, entry.clinic_id)
+            return user if clinic is not None and clinic.active else None
+
+        user = await db.execute_read(load, QueryOptions.for_read("auth.login_user"))
+        if user is None:
+            await asyncio.to_thread(dummy_verify, body.password)
+            log.info("login_failed", user_id=str(entry.user_id))
+            return None
+        verified = await asyncio.to_thread(verify_password, user.password_hash, body.password)
+        if not verified.ok or not user.active:
+            log.info("login_failed", user_id=str(user.id))
+            return None
+        new_hash = await hash_new_password(body.password) if verified.needs_rehash else None
+
+        async def start_session(session: AsyncSession) -> str:
+            if new_hash is not None:
+                await UserRepository(session).update(
+                    user.id, expected_version=None, password_hash=new_hash
+                )
+            return await sessions.add_refresh_token(
+                session,
+                user_id=user.id,
+                clinic_id=user.clinic_id,
+                ttl_seconds=settings.refresh_token_ttl,
+            )
+
+        refresh_token = await db.execute_write(start_session, QueryOptions.for_write("auth.login"))
+    throttle.succeeded(attempt)
+    log.info(
+        "login_succeeded",
+        user_id=str(user.id),
+        clinic_id=str(user.clinic_id),
+        rehashed=new_hash is not None,
+    )
+    return TokenOut(
+        access_token=_issue_access(config, user),
+        refresh_token=refresh_token,
+        expires_in=config.access_ttl,
+    )
+
+
+@router.post("/refresh", response_model=TokenOut)
+async def refresh(
+    body: RefreshIn, db: Db, request: Request, settings: SettingsDep, config: Tokens
+) -> TokenOut:
+    """Rotate a refresh token: the presented one is spent, a new one of its family issued."""
+    rotation = await sessions.rotate(
+        db,
+        body.refresh_token,
+        ttl_seconds=settings.refresh_token_ttl,
+        request_id=_request_id(request),
+    )
+    if rotation.outcome is not sessions.Outcome.OK or rotation.user is None:
+        raise ApiError(
+            401,
+            "invalid_token",
+            "invalid or expired refresh token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    assert rotation.refresh_token is not None
+    return TokenOut(
+        access_token=_issue_access(config, rotation.user),
+        refresh_token=rotation.refresh_token,
+        expires_in=config.access_ttl,
+    )
+
+
+@router.post("/logout", status_code=204, response_class=Response)
+async def logout(body: RefreshIn, db: Db, request: Request) -> Response:
+    """Revoke the refresh token's whole family.
+
+    Always 204, like OAuth token revocation (RFC 7009): an unknown token reveals nothing.
+    """
+    await sessions.revoke(db, body.refresh_token, request_id=_request_id(request))
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=UserOut)
+async def me(principal: CurrentPrincipal, db: Db) -> UserOut:
+    """The authenticated user (401 when the account is gone or deactivated)."""
+
+    async def load(session: AsyncSession) -> User | None:
+        return await UserRepository(session).get(principal.user_id)
+
+    async with scope(db, principal, purpose=sessions.PURPOSE):
+        user = await db.execute_read(load, QueryOptions.for_read("auth.me"))
+    if user is None or not user.active:
+        raise ApiError(
+            401, "unauthorized", "invalid or expired token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return UserOut.of(user)

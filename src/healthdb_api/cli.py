@@ -1,0 +1,163 @@
+"""The ``healthdb`` command line of the reference service.
+
+The library's commands (``migrate``, ``demo``) plus the service's own: ``serve`` and
+``seed-demo``. With no configuration at all, ``healthdb serve`` runs on the embedded
+default (SQLite file ``./healthdb.sqlite3``, in-process cache) and migrates it on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from healthdb import cli as library_cli
+
+app = typer.Typer(
+    help="healthdb: multi-tenant healthcare database layer and reference service",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+# The library's commands (migrate, demo), unchanged.
+app.registered_commands.extend(library_cli.app.registered_commands)
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+) -> None:
+    """Run the HTTP service (configured by HEALTHDB_* variables; SQLite by default)."""
+    import uvicorn
+
+    from healthdb.logging import configure
+    from healthdb_api.app import create_app
+    from healthdb_api.settings import ApiSettings
+
+    settings = ApiSettings()
+    configure(level=settings.log_level, json=settings.log_json)
+    application = create_app(settings)
+    _exit_zero_after_graceful_shutdown()
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level=_UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
+        # Request lines carry query strings (patient searches): keep them out of the logs.
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
+    )
+
+
+_UVICORN_LEVELS = {"warn": "warning", "fatal": "critical"}
+
+
+def _exit_zero_after_graceful_shutdown() -> None:
+    """uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully, with the handlers
+    that were installed before it started. Install handlers that end the process with
+    status 0, so a clean shutdown on request is reported as success (not "killed")."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+# -- demo data --------------------------------------------------------------------------------
+
+
+@app.command("seed-demo")
+def seed_demo(
+    clinics: Annotated[int, typer.Option(min=1, help="clinics to create")] = 1,
+    patients: Annotated[int, typer.Option(min=0, help="patients per clinic")] = 1000,
+    appointments: Annotated[
+        int | None, typer.Option(min=0, help="appointments per clinic [default: patients/5]")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same data)")] = 42,
+    migrate: Annotated[bool, typer.Option(help="migrate the database to head first")] = True,
+) -> None:
+    """Load synthetic clinics, staff, patients and appointments into HEALTHDB_DATABASE_URL."""
+    from healthdb import Settings
+    from healthdb.logging import configure
+    from healthdb_api.seed import SeedPlan, SeedReport
+    from healthdb_api.seed import seed_demo as run_seed
+
+    configure(level="WARNING", json=False)
+    # Multi-second bulk chunks are expected here: do not report each one as a slow query.
+    settings = Settings().model_copy(update={"slow_query_ms": 120_000.0})
+    plan = SeedPlan(clinics=clinics, patients=patients, appointments=appointments, seed=seed)
+    columns = (
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        tasks: dict[str, TaskID] = {
+            table: bar.add_task(table, total=total) for table, total in plan.totals().items()
+        }
+
+        def advance(table: str, rows: int) -> None:
+            bar.advance(tasks[table], rows)
+
+        report: SeedReport = asyncio.run(
+            run_seed(settings, plan, on_progress=advance, migrate=migrate)
+        )
+
+    summary = Table(title="seeded")
+    summary.add_column("clinic")
+    summary.add_column("id", no_wrap=True, min_width=36)
+    for name in ("staff", "patients", "appointments"):
+        summary.add_column(name, justify="right")
+    for clinic in report.clinics:
+        summary.add_row(
+            clinic.name,
+            str(clinic.clinic_id),
+            str(clinic.staff),
+            str(clinic.patients),
+            str(clinic.appointments),
+        )
+    console.print(summary)
+    rate = report.patients / report.patient_seconds if report.patient_seconds else 0.0
+    console.print(
+        f"{report.patients} patients in {report.patient_seconds:.1f} s ({rate:,.0f} rows/s); "
+        f"total {report.seconds:.1f} s. Seeded staff cannot log in."
+    )
+    if not report.ok:
+        console.print(f"[red]{len(report.failures)} row(s) failed:[/red]")
+        for failure in report.failures[:20]:
+            console.print(
+                f"  {failure.table} #{failure.index} (clinic {failure.clinic_id}): "
+                f"{failure.code}: {failure.message}"
+            )
+        if len(report.failures) > 20:
+            console.print(f"  ... and {len(report.failures) - 20} more")
+        raise typer.Exit(1)
+
+
+# -- accounts ---------------------------------------------------------------------------------
+# `create-user` (added with the auth work) belongs here: `@app.command("create-user")`.
+
+
+def main() -> None:
+    app()

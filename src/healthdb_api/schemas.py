@@ -1,0 +1,231 @@
+"""Request and response bodies of the patients and appointments routes.
+
+Every string is NFC-normalised (so a name typed with combining accents matches the same
+name typed precomposed), may not contain NUL or, for single-line fields, any other control
+character, and is bounded by its database column. Values are otherwise stored verbatim:
+``O'Brien`` stays ``O'Brien``. Request bodies refuse unknown fields (typos fail loudly).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+import uuid
+from typing import Annotated, Any, Literal, Self
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+#: The accepted values of ``sex`` (administrative sex, as on most intake forms).
+Sex = Literal["female", "male", "other", "unknown"]
+
+#: Longest clinical note accepted (the column is TEXT; this bounds a single request).
+MAX_NOTES = 20_000
+#: Longest appointment (a longer one is almost certainly a typo in a date).
+MAX_APPOINTMENT = dt.timedelta(hours=12)
+#: Birth dates are compared with "today" in the earliest time zone on Earth (UTC+14), so a
+#: baby born today anywhere is never rejected as born in the future.
+_EARLIEST_ZONE = dt.timezone(dt.timedelta(hours=14))
+
+_MULTILINE_OK = frozenset("\n\r\t")
+
+
+def _nfc(value: Any) -> Any:
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+def _nfc_trimmed(value: Any) -> Any:
+    # Trimmed here, not with ``strip_whitespace``: after a before-validator pydantic checks
+    # ``min_length`` before stripping, which would let "   " through as a name.
+    return unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else value
+
+
+def _single_line(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _multi_line(value: str) -> str:
+    if any(unicodedata.category(ch) == "Cc" and ch not in _MULTILINE_OK for ch in value):
+        raise ValueError("must not contain control characters other than newlines and tabs")
+    return value
+
+
+def _e164(value: str) -> str:
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError(
+            "phone must be an international number starting with + and a country code"
+        ) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError("phone is not a valid phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _not_future(value: dt.date) -> dt.date:
+    if value > dt.datetime.now(_EARLIEST_ZONE).date():
+        raise ValueError("date_of_birth must not be in the future")
+    return value
+
+
+_Nfc = BeforeValidator(_nfc)
+_Trimmed = BeforeValidator(_nfc_trimmed)
+_SingleLine = AfterValidator(_single_line)
+
+
+def _bounded(max_length: int, *, min_length: int = 0) -> StringConstraints:
+    return StringConstraints(min_length=min_length, max_length=max_length)
+
+
+# Single-line strings: NFC, trimmed, no control characters, bounded by their column.
+Mrn = Annotated[str, _Trimmed, _bounded(64, min_length=1), _SingleLine]
+Name = Annotated[str, _Trimmed, _bounded(200, min_length=1), _SingleLine]
+Address = Annotated[str, _Trimmed, _bounded(500), _SingleLine]
+Ssn = Annotated[str, _Trimmed, _bounded(64), _SingleLine]
+Reason = Annotated[str, _Trimmed, _bounded(500), _SingleLine]
+# Notes keep their whitespace and line breaks.
+Notes = Annotated[str, _Nfc, StringConstraints(max_length=MAX_NOTES), AfterValidator(_multi_line)]
+Phone = Annotated[str, _Trimmed, _bounded(32, min_length=1), AfterValidator(_e164)]
+Email = Annotated[EmailStr, _Trimmed, Field(max_length=320)]
+BirthDate = Annotated[dt.date, AfterValidator(_not_future)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- patients ------------------------------------------------------------------------------
+
+
+class PatientCreate(_Request):
+    """``POST /api/v1/patients``."""
+
+    mrn: Mrn
+    given_name: Name
+    family_name: Name
+    date_of_birth: BirthDate
+    sex: Sex
+    phone: Phone | None = None
+    email: Email | None = None
+    address: Address | None = None
+    ssn: Ssn | None = None
+    notes: Notes | None = None
+
+
+#: Fields a PATCH may set to ``null`` (the nullable columns); the others may only change.
+NULLABLE_PATIENT_FIELDS = frozenset({"phone", "email", "address", "ssn", "notes"})
+
+
+class PatientUpdate(_Request):
+    """``PATCH /api/v1/patients/{id}``: only the fields present change.
+
+    ``version`` is the version the client last read; it may be sent here instead of in
+    an ``If-Match`` header.
+    """
+
+    mrn: Mrn | None = None
+    given_name: Name | None = None
+    family_name: Name | None = None
+    date_of_birth: BirthDate | None = None
+    sex: Sex | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    address: Address | None = None
+    ssn: Ssn | None = None
+    notes: Notes | None = None
+    version: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> Self:
+        cleared = sorted(
+            name
+            for name in self.model_fields_set - NULLABLE_PATIENT_FIELDS - {"version"}
+            if getattr(self, name) is None
+        )
+        if cleared:
+            raise ValueError(f"field(s) cannot be null: {', '.join(cleared)}")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The column values this request sets (``version`` excluded)."""
+        return {name: getattr(self, name) for name in self.model_fields_set if name != "version"}
+
+
+class PatientOut(BaseModel):
+    """A patient as returned to the caller. ``ssn`` and ``notes`` are ``null`` for roles
+    that may not see them (receptionists)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    mrn: str
+    given_name: str
+    family_name: str
+    date_of_birth: dt.date
+    sex: str
+    phone: str | None
+    email: str | None
+    address: str | None
+    ssn: str | None
+    notes: str | None
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class PatientPage(BaseModel):
+    items: list[PatientOut]
+    next_cursor: str | None
+
+
+# -- appointments --------------------------------------------------------------------------
+
+
+class AppointmentCreate(_Request):
+    """``POST /api/v1/appointments``: times must carry a UTC offset."""
+
+    patient_id: uuid.UUID
+    clinician_id: uuid.UUID
+    start_at: AwareDatetime
+    end_at: AwareDatetime
+    reason: Reason | None = None
+
+    @model_validator(mode="after")
+    def _sane_window(self) -> Self:
+        if self.end_at <= self.start_at:
+            raise ValueError("end_at must be after start_at")
+        if self.end_at - self.start_at > MAX_APPOINTMENT:
+            raise ValueError("an appointment may last at most 12 hours")
+        return self
+
+
+class AppointmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    patient_id: uuid.UUID
+    clinician_id: uuid.UUID
+    start_at: dt.datetime
+    end_at: dt.datetime
+    reason: str | None
+    status: str
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class AppointmentPage(BaseModel):
+    items: list[AppointmentOut]
+    next_cursor: str | None
