@@ -8,10 +8,13 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
-from tenacity import AsyncRetrying
 
 from healthdb import errors
+from healthdb.internal.metrics import QueryMetrics
 from healthdb.internal.retry import is_transient, retrying, sqlstate, translate
+from healthdb.query.middleware import retried
+from healthdb.query.options import QueryOptions
+from healthdb.query.pipeline import Call, CallKind
 
 T = TypeVar("T")
 SECRET = "Jane-Doe-123-45-6789"
@@ -119,17 +122,25 @@ def test_is_transient(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
-async def run_with(
-    make: Callable[[bool], AsyncRetrying], fn: Callable[[], Awaitable[T]], idempotent: bool = False
+async def run_step(
+    fn: Callable[[], Awaitable[T]], *, attempts: int, kind: CallKind = CallKind.WRITE
 ) -> T:
-    async for attempt in make(idempotent):
-        with attempt:
-            return await fn()
-    raise AssertionError("unreachable")
+    """Drive the chain's retry step exactly as the facade does."""
+    step = retried(retrying(attempts=attempts, max_wait=0.001), QueryMetrics())
+
+    async def operation(_: object) -> None:
+        raise AssertionError("the endpoint below is faked")
+
+    call = Call(kind=kind, operation=operation, options=QueryOptions(), scope=None)
+
+    async def endpoint(_: Call) -> T:
+        return await fn()
+
+    result: T = await step(call, endpoint)
+    return result
 
 
-async def test_retrying_reruns_transient_errors_only() -> None:
-    make = retrying(attempts=4, max_wait=0.001)
+async def test_transient_errors_are_rerun_and_others_raised_at_once() -> None:
     calls = 0
 
     async def flaky() -> str:
@@ -139,7 +150,7 @@ async def test_retrying_reruns_transient_errors_only() -> None:
             raise wrap(sa_exc.OperationalError, "40001")
         return "ok"
 
-    assert await run_with(make, flaky) == "ok"
+    assert await run_step(flaky, attempts=4) == "ok"
     assert calls == 3
 
     calls = 0
@@ -149,8 +160,8 @@ async def test_retrying_reruns_transient_errors_only() -> None:
         calls += 1
         raise wrap(sa_exc.IntegrityError, "23505")
 
-    with pytest.raises(sa_exc.IntegrityError):
-        await run_with(make, broken)
+    with pytest.raises(errors.ConflictError):
+        await run_step(broken, attempts=4)
     assert calls == 1
 
     calls = 0
@@ -160,13 +171,12 @@ async def test_retrying_reruns_transient_errors_only() -> None:
         calls += 1
         raise wrap(sa_exc.OperationalError, "40P01")
 
-    with pytest.raises(sa_exc.OperationalError):
-        await run_with(make, always)
+    with pytest.raises(errors.TransientError):
+        await run_step(always, attempts=4)
     assert calls == 4
 
 
 async def test_a_dead_connection_is_rerun_for_reads_but_never_for_writes() -> None:
-    make = retrying(attempts=3, max_wait=0.001)
     calls = 0
 
     async def dead() -> str:
@@ -178,10 +188,10 @@ async def test_a_dead_connection_is_rerun_for_reads_but_never_for_writes() -> No
             raise exc
         return "ok"
 
-    assert await run_with(make, dead, idempotent=True) == "ok"
+    assert await run_step(dead, attempts=3, kind=CallKind.READ) == "ok"
     assert calls == 2
 
     calls = 0
-    with pytest.raises(sa_exc.OperationalError):
-        await run_with(make, dead, idempotent=False)
+    with pytest.raises(errors.DatabaseUnavailable):
+        await run_step(dead, attempts=3, kind=CallKind.WRITE)
     assert calls == 1

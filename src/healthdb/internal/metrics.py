@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -50,12 +51,17 @@ class QueryMetrics:
         self.pool_in_use = Gauge(
             "healthdb_pool_checked_out", "Connections in use", ["pool"], registry=self.registry
         )
+        self._children: dict[tuple[str, str, str, str], Any] = {}
         self._recent: defaultdict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
 
     def observe(
         self, *, operation: str, kind: str, strategy: str, outcome: str, seconds: float
     ) -> None:
-        self.duration.labels(operation, kind, strategy, outcome).observe(seconds)
+        key = (operation, kind, strategy, outcome)
+        child = self._children.get(key)
+        if child is None:  # labels() takes a lock and builds a tuple: do it once per series
+            child = self._children[key] = self.duration.labels(*key)
+        child.observe(seconds)
         self._recent[f"{kind}:{operation}"].append(seconds)
 
     def latency(self) -> dict[str, LatencySummary]:

@@ -86,18 +86,19 @@ def is_disconnect(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
-def _transient_or_disconnect(exc: BaseException) -> bool:
-    return is_transient(exc) or is_disconnect(exc)
+def retryable(exc: BaseException, *, idempotent: bool) -> bool:
+    """Transient failures always; a dead connection only for an idempotent unit (a read):
+    a write whose connection died may have committed, and re-running could apply it twice."""
+    return is_transient(exc) or (idempotent and is_disconnect(exc))
 
 
 def retrying(*, attempts: int, max_wait: float) -> Callable[[bool], AsyncRetrying]:
-    """A factory of tenacity retry loops. Transient failures are always re-run; a dead
-    connection only when the unit is idempotent (a read): a write whose connection died
-    may have committed, and re-running it could apply it twice."""
-    stop = stop_after_attempt(attempts)
+    """A factory of tenacity loops for the re-runs *after* a first retryable failure (the
+    first attempt runs bare, so the common path builds no retry machinery)."""
+    stop = stop_after_attempt(max(attempts - 1, 1))
     wait = wait_exponential_jitter(multiplier=0.01, max=max_wait, jitter=0.05)
-    for_writes = retry_if_exception(is_transient)
-    for_reads = retry_if_exception(_transient_or_disconnect)
+    for_writes = retry_if_exception(lambda exc: retryable(exc, idempotent=False))
+    for_reads = retry_if_exception(lambda exc: retryable(exc, idempotent=True))
 
     def make(idempotent: bool) -> AsyncRetrying:
         retry = for_reads if idempotent else for_writes

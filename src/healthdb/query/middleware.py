@@ -5,7 +5,9 @@ Steps that need collaborators are made by small factories (closures), tenacity-s
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,7 @@ from healthdb.errors import ClinicContextRequired, HealthdbError, InvalidInput
 from healthdb.internal.metrics import QueryMetrics
 from healthdb.internal.optimizer import current_operation
 from healthdb.internal.query_cache import QueryCache
-from healthdb.internal.retry import translate
+from healthdb.internal.retry import retryable, translate
 from healthdb.query.options import QueryOptions, ReadStrategy, TransactionOptions
 from healthdb.query.pipeline import Call, CallKind, Handler, Middleware
 
@@ -130,10 +132,15 @@ def retried(make_retrying: Callable[[bool], AsyncRetrying], metrics: QueryMetric
             isinstance(call.options, TransactionOptions) and call.options.is_read_only
         )
         try:
+            try:
+                return await next_(call)
+            except Exception as exc:
+                if not retryable(exc, idempotent=idempotent):
+                    raise
+            await asyncio.sleep(random.uniform(0.005, 0.02))
             async for attempt in make_retrying(idempotent):
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        metrics.retries.labels("transient").inc()
+                    metrics.retries.labels("transient").inc()
                     return await next_(call)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise translate(exc) from exc
