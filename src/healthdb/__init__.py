@@ -4,7 +4,7 @@ The public API is exactly ``__all__``; ``healthdb.internal`` and the pipeline ma
 ``healthdb.query`` are implementation details.
 """
 
-from healthdb.context import ClinicScope, Role, current_scope
+from healthdb.context import ClinicScope, Role, as_uuid, current_scope
 from healthdb.errors import (
     ClinicContextRequired,
     ConflictError,
@@ -51,6 +51,7 @@ __all__ = [
     "Settings",
     "TransactionOptions",
     "TransientError",
+    "as_uuid",
     "current_scope",
     "keys",
 ]

@@ -25,7 +25,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from healthdb import Role
 from healthdb import cli as library_cli
+from healthdb_api.settings import ApiSettings
 
 app = typer.Typer(
     help="healthdb: multi-tenant healthcare database layer and reference service",
@@ -50,7 +52,6 @@ def serve(
 
     from healthdb.logging import configure
     from healthdb_api.app import create_app
-    from healthdb_api.settings import ApiSettings
 
     settings = ApiSettings()
     configure(level=settings.log_level, json=settings.log_json)
@@ -156,7 +157,51 @@ def seed_demo(
 
 
 # -- accounts ---------------------------------------------------------------------------------
-# `create-user` (added with the auth work) belongs here: `@app.command("create-user")`.
+
+
+@app.command("create-user")
+def create_user(
+    email: Annotated[str, typer.Option(help="login e-mail")],
+    full_name: Annotated[str, typer.Option(help="display name")],
+    role: Annotated[Role, typer.Option(help="staff role")] = Role.CLINIC_ADMIN,
+    clinic_id: Annotated[
+        str | None, typer.Option(help="existing clinic to add the user to")
+    ] = None,
+    clinic_name: Annotated[
+        str | None, typer.Option(help="create a new clinic with this name instead")
+    ] = None,
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=True,
+            envvar="HEALTHDB_NEW_USER_PASSWORD",
+            help="read from the prompt or HEALTHDB_NEW_USER_PASSWORD, never from argv",
+        ),
+    ] = "",
+) -> None:
+    """Create a staff account (and, with --clinic-name, its clinic) from the command line."""
+    from healthdb_api.accounts import AccountError, create_account
+
+    if (clinic_id is None) == (clinic_name is None):
+        raise typer.BadParameter("give exactly one of --clinic-id or --clinic-name")
+    try:
+        user_id, clinic = asyncio.run(
+            create_account(
+                ApiSettings(),
+                email=email,
+                password=password,
+                full_name=full_name,
+                role=role,
+                clinic_id=clinic_id,
+                clinic_name=clinic_name,
+            )
+        )
+    except AccountError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]created {role.value} {user_id} in clinic {clinic}[/green]")
 
 
 def main() -> None:
