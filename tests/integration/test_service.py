@@ -418,11 +418,11 @@ async def test_optimistic_concurrent_updates_both_succeed(
         assert sample(db, "healthdb_retries_total", reason="optimistic") == 1
 
 
+# SQLite serialises writers at BEGIN, so two transactions cannot interleave there.
+@pytest.mark.parametrize("migrated_url", ["postgres"], indirect=True)
 async def test_optimistic_loser_gets_conflict_without_retries(
-    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient, backend: str
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("SQLite serialises writers at BEGIN: two transactions cannot interleave")
     clinic = await make_clinic()
     pid = await make_patient(clinic)
     barrier = asyncio.Barrier(2)
@@ -602,9 +602,8 @@ async def test_operation_timeout_is_typed(db: DatabaseService) -> None:
     assert time.perf_counter() - started < 3
 
 
-async def test_statement_timeout_on_postgres(make_db: MakeDb, backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("statement_timeout is a PostgreSQL setting")
+@pytest.mark.parametrize("migrated_url", ["postgres"], indirect=True)
+async def test_statement_timeout_on_postgres(make_db: MakeDb) -> None:
     db = await make_db(statement_timeout_ms=100)
     started = time.perf_counter()
     with pytest.raises(QueryTimeout):
