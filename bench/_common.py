@@ -63,6 +63,31 @@ async def throwaway_database(admin_url: str, prefix: str = "bench") -> AsyncIter
         print(f"(dropped database {name})", file=sys.stderr)
 
 
+@asynccontextmanager
+async def runtime_role(url: str, prefix: str = "bench_rt") -> AsyncIterator[str]:
+    """Provision a runtime role (no SUPERUSER/BYPASSRLS, owns nothing) on the *migrated*
+    database at ``url`` (an owner URL), yield its URL, then drop it. The facade refuses to
+    start as a superuser, and row-level security only binds such a role."""
+    from healthdb.migrate import provision_runtime_role
+
+    role = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    runtime = (
+        make_url(url)
+        .set(drivername="postgresql+asyncpg", username=role, password=None)
+        .render_as_string(hide_password=False)
+    )
+    await provision_runtime_role(url, runtime)
+    try:
+        yield runtime
+    finally:
+        admin = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+        try:
+            await admin.execute(f'DROP OWNED BY "{role}"')
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        finally:
+            await admin.close()
+
+
 def patient_rows(count: int, *, seed: int = 7) -> list[dict[str, Any]]:
     """``count`` synthetic Patient mappings (no PHI), reproducible for a given seed."""
     rng = random.Random(seed)

@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from _common import (
     machine,
     patient_rows,
     postgres_version,
+    runtime_role,
     throwaway_database,
     timestamp,
     versions,
@@ -86,8 +88,17 @@ async def count_patients(db: DatabaseService) -> int:
 
 
 async def facade_insert(url: str, rows: Sequence[dict[str, Any]], chunk_size: int) -> float:
-    """Migrate ``url``, then time one ``execute_batch`` bulk insert; returns seconds."""
+    """Migrate ``url``, then time one ``execute_batch`` bulk insert; returns seconds.
+    On PostgreSQL the facade connects as a provisioned runtime role (row-level security)."""
     await upgrade(url)
+    async with AsyncExitStack() as stack:
+        runtime = url
+        if url.startswith("postgresql"):
+            runtime = await stack.enter_async_context(runtime_role(url))
+        return await _timed_insert(runtime, rows, chunk_size)
+
+
+async def _timed_insert(url: str, rows: Sequence[dict[str, Any]], chunk_size: int) -> float:
     async with DatabaseService.connect(settings_for(url)) as db:
         clinic_id = await add_clinic(db)
         async with db.clinic(clinic_id):

@@ -42,6 +42,7 @@ from _common import (
     patient_rows,
     percentile,
     postgres_version,
+    runtime_role,
     throwaway_database,
     timestamp,
     versions,
@@ -362,19 +363,27 @@ def facade_settings(url: str, args: argparse.Namespace) -> Settings:
 
 
 async def run_paths(
-    url: str, db: DatabaseService, clinic_id: uuid.UUID, ids: list[uuid.UUID], args: Any
+    url: str,
+    runtime: str,
+    db: DatabaseService,
+    clinic_id: uuid.UUID,
+    ids: list[uuid.UUID],
+    args: Any,
 ) -> list[PathResult]:
+    """(a) and (b) read as the owner (no row-level security: the raw baselines); (c), (d)
+    and (e) as the runtime role, which forced row-level security binds."""
     wanted = set(args.paths)
     results: list[PathResult] = []
     groups: list[tuple[str, Callable[[], AbstractAsyncContextManager[list[Target]]]]] = [
         ("a", lambda: raw_asyncpg(url, args.pool)),
-        ("be", lambda: plain_orm(url, args.pool, clinic_id)),
+        ("b", lambda: plain_orm(url, args.pool, clinic_id)),
+        ("e", lambda: plain_orm(runtime, args.pool, clinic_id)),
     ]
     for keys_, make in groups:
         if wanted & set(keys_):
             async with make() as targets:
                 for target in targets:
-                    if target.key in wanted:
+                    if target.key in wanted and target.key in keys_:
                         results.append(await measure(target, ids, args))
     for target in facade_targets(db, clinic_id, args.pool):
         if target.key in wanted:
@@ -385,11 +394,12 @@ async def run_paths(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with throwaway_database(args.pg_url) as url:
         await upgrade(url)
-        settings = facade_settings(url, args)
-        async with DatabaseService.connect(settings) as db:
-            clinic_id, ids = await seed(db, args.rows)
-            print(f"seeded 1 clinic, {len(ids)} patients; measuring...", flush=True)
-            results = await run_paths(url, db, clinic_id, ids, args)
+        async with runtime_role(url) as runtime:
+            settings = facade_settings(runtime, args)
+            async with DatabaseService.connect(settings) as db:
+                clinic_id, ids = await seed(db, args.rows)
+                print(f"seeded 1 clinic, {len(ids)} patients; measuring...", flush=True)
+                results = await run_paths(url, runtime, db, clinic_id, ids, args)
         pg = await postgres_version(url)
     return payload(results, args, settings, pg)
 
@@ -404,6 +414,8 @@ NOTES = [
     "runs carry no counters.",
     "(c) and (d) enter db.clinic(...) per read, like a request handler would.",
     "(d) never suspends on a cache hit, so one task does all the work: concurrency is moot there.",
+    "(a) and (b) connect as the owner (superuser: no row-level security); (c), (d) and (e) as "
+    "a provisioned runtime role, bound by forced row-level security on every tenant table.",
 ]
 
 

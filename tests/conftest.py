@@ -72,13 +72,61 @@ def _migrate(url: str) -> None:
     asyncio.run(upgrade(url))
 
 
+async def _drop_role(role: str) -> None:
+    conn = await asyncpg.connect(_dsn(PG_ADMIN_URL), timeout=5)
+    try:
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        await conn.close()
+
+
+def runtime_url(owner_url: str, role: str) -> str:
+    """``owner_url`` with the runtime role as its user (trust auth: no password)."""
+    return (
+        make_url(owner_url).set(username=role, password=None).render_as_string(hide_password=False)
+    )
+
+
+def provision(owner_url: str, role: str) -> str:
+    """Create/update ``role`` as the runtime role of the database; return its URL."""
+    from healthdb.migrate import provision_runtime_role
+
+    url = runtime_url(owner_url, role)
+    asyncio.run(provision_runtime_role(owner_url, url))
+    return url
+
+
 @pytest.fixture(scope="session")
-def pg_migrated_url() -> Iterator[str]:
-    """One migrated PostgreSQL database shared by the session (tests isolate by clinic)."""
-    name, url = new_pg_database()
-    _migrate(url)
-    yield url
+def pg_runtime_role() -> Iterator[str]:
+    """The session's runtime role (LOGIN, no SUPERUSER/BYPASSRLS, owns nothing), dropped at
+    the end, after the databases that granted it privileges (fixture teardown order)."""
+    role = f"hdb_rt_{uuid.uuid4().hex[:12]}"
+    yield role
+    asyncio.run(_drop_role(role))
+
+
+@pytest.fixture(scope="session")
+def _pg_migrated(pg_runtime_role: str) -> Iterator[tuple[str, str]]:
+    """One migrated PostgreSQL database shared by the session: (owner url, runtime url)."""
+    name, owner = new_pg_database()
+    _migrate(owner)
+    runtime = provision(owner, pg_runtime_role)
+    yield owner, runtime
     asyncio.run(_drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def pg_migrated_url(_pg_migrated: tuple[str, str]) -> str:
+    """The shared database as the runtime role, as production connects: row-level security
+    binds every test that uses it (tests isolate by clinic)."""
+    return _pg_migrated[1]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_migrated_url(_pg_migrated: tuple[str, str]) -> str:
+    """The shared database as its owner (a superuser here): for deliberately privileged
+    set-up and for tests below the facade that span clinics without a scope."""
+    return _pg_migrated[0]
 
 
 @pytest.fixture(scope="session")
@@ -92,4 +140,12 @@ def sqlite_migrated_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def migrated_url(request: pytest.FixtureRequest) -> str:
     """Run the test once per backend against a migrated database."""
     fixture = "sqlite_migrated_url" if request.param == "sqlite" else "pg_migrated_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def owner_migrated_url(request: pytest.FixtureRequest) -> str:
+    """Like ``migrated_url``, but on PostgreSQL as the owner (row-level security bypassed):
+    for repository tests that work below the facade, across clinics, with no clinic set."""
+    fixture = "sqlite_migrated_url" if request.param == "sqlite" else "pg_admin_migrated_url"
     return str(request.getfixturevalue(fixture))

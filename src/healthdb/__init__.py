@@ -16,8 +16,11 @@ from healthdb.errors import (
     NotFound,
     PoolTimeout,
     QueryTimeout,
+    RateLimited,
     ServiceClosed,
     TransientError,
+    UnsafeDatabaseRole,
+    UnsafeStatement,
 )
 from healthdb.query import keys
 from healthdb.query.batch import BatchFailure, BatchResult
@@ -46,11 +49,14 @@ __all__ = [
     "PoolTimeout",
     "QueryOptions",
     "QueryTimeout",
+    "RateLimited",
     "Role",
     "ServiceClosed",
     "Settings",
     "TransactionOptions",
     "TransientError",
+    "UnsafeDatabaseRole",
+    "UnsafeStatement",
     "as_uuid",
     "current_scope",
     "keys",

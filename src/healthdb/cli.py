@@ -18,12 +18,19 @@ console = Console(stderr=True)
 
 @app.command()
 def migrate() -> None:
-    """Bring the database named by HEALTHDB_ADMIN_DATABASE_URL (or DATABASE_URL) to head."""
-    from healthdb.migrate import upgrade
+    """Bring the database named by HEALTHDB_ADMIN_DATABASE_URL (or DATABASE_URL) to head.
+
+    On PostgreSQL, when HEALTHDB_DATABASE_URL names a different user, also create that
+    runtime role (or update its password and grants): it owns nothing and has neither
+    SUPERUSER nor BYPASSRLS, so row-level security binds the service.
+    """
+    from healthdb.migrate import needs_runtime_role, upgrade_with_role
 
     settings = Settings()
-    asyncio.run(upgrade(settings.admin_url))
+    asyncio.run(upgrade_with_role(settings))
     console.print("[green]database is at head[/green]")
+    if needs_runtime_role(settings):
+        console.print("[green]runtime role provisioned (no SUPERUSER, no BYPASSRLS)[/green]")
 
 
 @app.command()

@@ -26,6 +26,23 @@ class ClinicContextRequired(HealthdbError):
     code = "clinic_context_required"
 
 
+class UnsafeDatabaseRole(HealthdbError):
+    """The service refuses to run on PostgreSQL: its role could bypass row-level security
+    (superuser, BYPASSRLS, owner of a tenant table), or a tenant table lacks forced RLS or
+    its clinic policy. The message names the failed check; it never contains secrets."""
+
+    code = "unsafe_database_role"
+
+
+class UnsafeStatement(HealthdbError):
+    """A statement was refused before reaching the database: Core SQL or ``text()`` on a
+    tenant table outside the ORM wall, or raw SQL (``execute_raw``) that fails the SQL guard
+    (several statements, comments, inline literals, DDL, writes in a read-only call). The
+    message names the rule; it never echoes the SQL or its parameters."""
+
+    code = "unsafe_statement"
+
+
 class ServiceClosed(HealthdbError):
     """The DatabaseService was closed, or is draining for shutdown."""
 
@@ -82,3 +99,13 @@ class DatabaseError(HealthdbError):
     """Any other database failure; details stay in the logs, redacted."""
 
     code = "database_error"
+
+
+class RateLimited(HealthdbError):
+    """The clinic's request budget is exhausted; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -8,6 +8,7 @@ whole upgrade is one transaction, so a failed migration leaves the schema untouc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from healthdb.models import Base
+from healthdb.errors import InvalidInput
+from healthdb.models import Base, is_tenant
 from healthdb.settings import Settings
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "current_revision",
     "head_revision",
     "is_at_head",
+    "provision_runtime_role",
     "upgrade",
+    "upgrade_with_role",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
@@ -158,3 +162,113 @@ async def check_models_match(url: str) -> list[object]:
             return await conn.run_sync(_diff_sync)
     finally:
         await engine.dispose()
+
+
+# -- the runtime role ---------------------------------------------------------------------------
+
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Tables the runtime role reads and writes besides the tenant tables (not under RLS).
+SHARED_TABLES = ("clinics", "user_logins")
+# Append-only in the database: the runtime role may add audit rows, never change them.
+APPEND_ONLY_TABLES = ("audit_events",)
+
+
+def _tenant_tables() -> list[str]:
+    return sorted(
+        str(m.local_table.name)  # type: ignore[attr-defined]
+        for m in Base.registry.mappers
+        if is_tenant(m.class_)
+    )
+
+
+def _role_of(url: str) -> tuple[str | None, str | None]:
+    parsed = make_url(Settings(database_url=url).url)
+    return parsed.username, parsed.password
+
+
+def _provision_sync(connection: Connection, role: str, password: str | None) -> None:
+    # Validated against ROLE_NAME, so double-quoting is exact; everything else (database
+    # name, password) is quoted by the server's own format() with %I / %L.
+    quoted = f'"{role}"'
+
+    def run(template: str, *args: str) -> None:
+        params = {f"a{i}": arg for i, arg in enumerate(args)}
+        placeholders = "".join(f", CAST(:a{i} AS text)" for i in range(len(args)))
+        sql = connection.execute(
+            text(f"SELECT format(:t{placeholders})"), {"t": template, **params}
+        )
+        connection.exec_driver_sql(str(sql.scalar_one()))
+
+    exists = connection.execute(
+        text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
+    ).first()
+    attributes = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
+    verb = "ALTER" if exists else "CREATE"
+    if password is None:
+        connection.exec_driver_sql(f"{verb} ROLE {quoted} {attributes}")
+    else:
+        run(f"{verb} ROLE {quoted} {attributes} PASSWORD %L", password)
+    run(f"GRANT CONNECT, TEMPORARY ON DATABASE %I TO {quoted}", _current_database(connection))
+    connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {quoted}")
+    # Start from nothing on every run, so a grant that is no longer needed does not linger.
+    connection.exec_driver_sql(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {quoted}")
+    connection.exec_driver_sql(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {quoted}")
+    read_write = [t for t in (*_tenant_tables(), *SHARED_TABLES) if t not in APPEND_ONLY_TABLES]
+    for table in read_write:
+        connection.exec_driver_sql(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "{table}" TO {quoted}'
+        )
+    for table in APPEND_ONLY_TABLES:
+        connection.exec_driver_sql(f'GRANT SELECT, INSERT ON TABLE "{table}" TO {quoted}')
+    connection.exec_driver_sql(f"GRANT SELECT ON TABLE alembic_version TO {quoted}")
+
+
+def _current_database(connection: Connection) -> str:
+    return str(connection.execute(text("SELECT current_database()")).scalar_one())
+
+
+async def provision_runtime_role(admin_url: str, runtime_url: str) -> None:
+    """Create the runtime role named by ``runtime_url`` (or update its password, attributes
+    and grants), connecting with ``admin_url`` — the owner that ran the migrations.
+
+    The role can log in and owns nothing; it has neither SUPERUSER nor BYPASSRLS (so
+    row-level security binds it), nor CREATEDB, CREATEROLE or REPLICATION. It holds exactly:
+    CONNECT and TEMPORARY (bulk-insert staging) on the database, USAGE on schema ``public``,
+    SELECT/INSERT/UPDATE/DELETE on the tenant tables and on ``clinics`` and ``user_logins``,
+    only SELECT/INSERT on ``audit_events`` (append-only), and SELECT on ``alembic_version``
+    (readiness). Idempotent: every other table privilege is revoked and re-granted in one
+    transaction, serialised with migrations on the advisory lock. PostgreSQL only.
+    """
+    role, password = _role_of(runtime_url)
+    if not Settings(database_url=admin_url).is_postgres or not role:
+        raise InvalidInput("provisioning a runtime role needs two PostgreSQL URLs with a user")
+    if not ROLE_NAME.fullmatch(role):
+        raise InvalidInput("the runtime role name must match ^[a-z_][a-z0-9_]{0,62}$")
+    if role == _role_of(admin_url)[0]:
+        raise InvalidInput("the runtime role must differ from the owner (admin) role")
+    engine = _migration_engine(admin_url)
+    try:
+        async with engine.connect() as conn, conn.begin():
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            )
+            await conn.run_sync(_provision_sync, role, password)
+    finally:
+        await engine.dispose()
+
+
+def needs_runtime_role(settings: Settings) -> bool:
+    """True when migrating should also provision the runtime role: both URLs PostgreSQL,
+    with different users."""
+    if not (settings.is_postgres and settings.admin_url.startswith("postgresql")):
+        return False
+    runtime, admin = _role_of(settings.url)[0], _role_of(settings.admin_url)[0]
+    return bool(runtime) and runtime != admin
+
+
+async def upgrade_with_role(settings: Settings, revision: str = "head") -> None:
+    """``healthdb migrate``: migrate with the admin (owner) URL, then provision the runtime
+    role of ``HEALTHDB_DATABASE_URL`` when it is a different PostgreSQL user."""
+    await upgrade(settings.admin_url, revision)
+    if needs_runtime_role(settings):
+        await provision_runtime_role(settings.admin_url, settings.url)

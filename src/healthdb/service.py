@@ -11,22 +11,32 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
-from redis.asyncio import Redis
-from sqlalchemy import text
+from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy import select, text
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb.cache import MemoryCache
-from healthdb.context import ClinicScope, Role, clinic_scope, current_scope
+from healthdb.context import ClinicScope, Role, as_uuid, clinic_scope, current_scope
 from healthdb.engine import Engines, Sessions, create_engines
-from healthdb.errors import ClinicContextRequired, DatabaseUnavailable, InvalidInput, ServiceClosed
-from healthdb.internal import isolation, query_cache
+from healthdb.errors import (
+    ClinicContextRequired,
+    DatabaseUnavailable,
+    InvalidInput,
+    ServiceClosed,
+    UnsafeDatabaseRole,
+    UnsafeStatement,
+)
+from healthdb.internal import isolation, query_cache, sql_guard
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
 from healthdb.internal.query_cache import QueryCache
+from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
 from healthdb.internal.retry import retrying, translate
 from healthdb.models.base import is_tenant
+from healthdb.models.clinic import Clinic
 from healthdb.query import batch, middleware
 from healthdb.query.batch import BatchFailure, BatchResult
 from healthdb.query.keys import table_tag
@@ -70,6 +80,7 @@ class DatabaseService:
         slow_log: SlowQueryLog,
         bus: InvalidationBus | None = None,
         middleware_steps: Sequence[Middleware] | None = None,
+        rate_limiter: ClinicRateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.engines = engines
@@ -77,6 +88,7 @@ class DatabaseService:
         self.metrics = metrics
         self.slow_log = slow_log
         self.bus = bus
+        self.rate_limiter = rate_limiter or _rate_limiter(settings, metrics, self._rate_override)
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
@@ -122,12 +134,24 @@ class DatabaseService:
         )
         try:
             await db.ping()
+            if engines.is_postgres and settings.enforce_safe_role:
+                await db._verify_database_wall()
             if bus is not None:
                 await bus.start()
         except BaseException:
             await db.close()
             raise
         return db
+
+    async def _verify_database_wall(self) -> None:
+        """Refuse to run on PostgreSQL as a role that row-level security does not bind."""
+        try:
+            async with self.engines.primary.connect() as conn:
+                await isolation.verify_database_wall(conn)
+        except UnsafeDatabaseRole:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
 
     def _default_steps(self) -> list[Middleware]:
         s = self.settings
@@ -251,6 +275,100 @@ class DatabaseService:
         result: T = await self._run(CallKind.CRITICAL, op, options, reason=reason)
         return result
 
+    async def execute_raw(
+        self,
+        sql: str,
+        params: Mapping[str, object] | None = None,
+        *,
+        reason: str,
+        read_only: bool = True,
+    ) -> list[dict[str, object]]:
+        """The audited escape hatch: run one parameterised SQL statement the ORM cannot express.
+
+        ``sql`` takes values only as ``:name`` parameters (``params``); it must pass the SQL
+        guard (:mod:`healthdb.internal.sql_guard`: one statement, no comments, no inline
+        literals in predicates, no DDL, only SELECT when ``read_only``). It needs a clinic
+        scope and a ``reason`` of 1-500 characters, runs through the normal middleware chain
+        as a read (``read_only``) or a write, and logs a ``raw_sql`` security event: clinic,
+        actor, reason length and a sha256 fingerprint of the normalised statement, never the
+        parameters. Returns the rows as dicts (empty for statements that return none).
+
+        Tenancy: on PostgreSQL the statement runs under row-level security with the
+        transaction's clinic, so it sees and writes only the scope's rows. SQLite has no
+        database wall, so raw SQL naming a tenant table is refused there
+        (:class:`UnsafeStatement`); raw SQL on other tables is allowed on both backends.
+        """
+        self._check_open()
+        scope = current_scope()
+        if scope is None:
+            raise ClinicContextRequired("raw SQL needs a clinic scope: use db.clinic(...)")
+        if not isinstance(reason, str) or not 1 <= len(reason.strip()) <= middleware.MAX_REASON:
+            raise InvalidInput(
+                f"execute_raw needs a reason of 1-{middleware.MAX_REASON} characters"
+            )
+        values = _raw_params(params)
+        checked = sql_guard.check(sql, dialect=self.engines.dialect, read_only=read_only)
+        tenant = set(isolation.tenant_tables())
+        if not self.engines.is_postgres and checked.tables & tenant:
+            raise UnsafeStatement("raw SQL on tenant tables needs the PostgreSQL database wall")
+        statement = text(sql)
+        missing = sorted(set(statement._bindparams) - set(values))
+        extra = sorted(set(values) - set(statement._bindparams))
+        if missing or extra:
+            raise InvalidInput(
+                f"raw SQL parameters do not match its :name placeholders "
+                f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'})"
+            )
+        written = (
+            set()
+            if checked.kind == "select"
+            else {table_tag(t, scope.clinic_id if t in tenant else None) for t in checked.tables}
+        )
+        log.warning(
+            "raw_sql",
+            clinic_id=str(scope.clinic_id),
+            actor=str(scope.actor) if scope.actor else None,
+            purpose=scope.purpose,
+            reason_length=len(reason.strip()),
+            fingerprint=checked.fingerprint,
+            kind=checked.kind,
+        )
+
+        async def op(session: AsyncSession) -> list[dict[str, object]]:
+            if written:
+                query_cache.written_tags(session.sync_session).update(written)
+            result = await session.execute(statement, values, execution_options=isolation.TRUSTED)
+            if not isinstance(result, CursorResult) or not result.returns_rows:
+                return []
+            return [dict(row) for row in result.mappings()]
+
+        if read_only:
+            rows: list[dict[str, object]] = await self._run(
+                CallKind.READ, op, QueryOptions.for_phi("raw_sql")
+            )
+        else:
+            rows = await self._run(CallKind.WRITE, op, QueryOptions.for_phi("raw_sql"))
+        return rows
+
+    # -- rate limits --------------------------------------------------------------------
+
+    async def check_rate_limit(self, clinic_id: uuid.UUID | str) -> None:
+        """Charge one request to the clinic's budget; raise :class:`RateLimited` over it.
+
+        The reference service charges every authenticated HTTP request; library users call
+        this once per unit of work they want budgeted. ``execute_critical`` never charges.
+        """
+        self._check_open()
+        await self.rate_limiter.check(as_uuid(clinic_id, "clinic_id"))
+
+    async def _rate_override(self, clinic_id: uuid.UUID) -> int | None:
+        async def read(session: AsyncSession) -> int | None:
+            stmt = select(Clinic.rate_limit_per_minute).where(Clinic.id == clinic_id)
+            value: int | None = (await session.execute(stmt)).scalar_one_or_none()
+            return value
+
+        return await self.execute_read(read, QueryOptions.for_read("rate_limit_budget"))
+
     # -- plumbing -----------------------------------------------------------------------
 
     async def _run(
@@ -312,6 +430,12 @@ class DatabaseService:
             reason_length=len(call.reason or ""),
         )
         self.metrics.critical.inc()
+        # Exempt from rate limits; every use is counted, labelled by whether this process
+        # has recently refused the clinic (no Redis round trip on the emergency path).
+        if scope is not None:
+            over = self.rate_limiter.over_budget(scope.clinic_id)
+            log.info("rate_limit_exempt", clinic_id=str(scope.clinic_id), over_budget=over)
+            self.metrics.rate_limit_exempt.labels(str(over).lower()).inc()
 
     async def _bulk_insert(
         self,
@@ -432,6 +556,7 @@ class DatabaseService:
             log.error("shutdown_drain_timeout", in_flight=self._in_flight)
         if self.bus is not None:
             await self.bus.close()
+        await self.rate_limiter.close()
         await self.engines.dispose()
 
     async def __aenter__(self) -> Self:
@@ -481,9 +606,45 @@ def _invalidation_bus(settings: Settings, cache: QueryCache) -> InvalidationBus 
     return InvalidationBus(client=client, on_remote=cache.invalidate, on_reset=cache.store.clear)
 
 
+def _rate_limiter(
+    settings: Settings,
+    metrics: QueryMetrics,
+    load_override: Callable[[uuid.UUID], Awaitable[int | None]],
+) -> ClinicRateLimiter:
+    store = None
+    if settings.redis_url is not None:
+        # A blocking pool: a burst of requests waits (bounded) for a connection instead of
+        # failing with "too many connections" and tripping the per-process fallback.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url.get_secret_value(),
+            max_connections=100,
+            timeout=settings.redis_timeout,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+        store = RedisGcra(Redis.from_pool(pool), timeout=settings.redis_timeout)
+    return ClinicRateLimiter(
+        per_minute=settings.rate_limit_per_minute,
+        burst=settings.rate_limit_burst,
+        store=store,
+        local=LocalGcra(),
+        load_override=load_override,
+        on_limited=lambda backend: metrics.rate_limited.labels(backend).inc(),
+        on_switch=lambda backend: metrics.rate_limit_fallbacks.labels(backend).inc(),
+    )
+
+
 def _pool(engine: Any) -> PoolStatus:
     pool = engine.pool
     return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=pool.overflow())
+
+
+def _raw_params(params: Mapping[str, object] | None) -> dict[str, object]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+        raise InvalidInput("raw SQL parameters must be a mapping of names to values")
+    return dict(params)
 
 
 def _check_items(items: Any, limit: int) -> Sequence[Any]:

@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     admin_database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     redis_timeout: float = Field(0.25, gt=0, le=10, description="seconds per Redis call")
+    rate_limit_per_minute: int = Field(
+        600, ge=1, le=10_000_000, description="clinic requests per minute (per-clinic override)"
+    )
+    rate_limit_burst: int = Field(
+        120, ge=1, le=10_000_000, description="requests a clinic may send at the same instant"
+    )
 
     pool_size: int = Field(10, ge=1, le=500)
     max_overflow: int = Field(5, ge=0, le=500)
@@ -49,6 +55,10 @@ class Settings(BaseSettings):
     slow_query_log_size: int = Field(100, ge=1)
 
     echo_sql: bool = False
+    # PostgreSQL: refuse to start unless the runtime role is subject to row-level security
+    # (not SUPERUSER, no BYPASSRLS, owns no tenant table) and every tenant table has forced
+    # RLS and its clinic policy. Only a deliberately privileged tool turns this off.
+    enforce_safe_role: bool = True
 
     @field_validator("database_url", "admin_database_url")
     @classmethod

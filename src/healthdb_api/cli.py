@@ -57,16 +57,25 @@ def serve(
     configure(level=settings.log_level, json=settings.log_json)
     application = create_app(settings)
     _exit_zero_after_graceful_shutdown()
-    uvicorn.run(
-        application,
-        host=host,
-        port=port,
-        log_level=_UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
-        # Request lines carry query strings (patient searches): keep them out of the logs.
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
-    )
+    try:
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_level=_UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
+            # Request lines carry query strings (patient searches): keep them out of the logs.
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
+        )
+    finally:
+        # A refused start-up (e.g. an unsafe database role) exits non-zero through uvicorn;
+        # end with one clear line naming the reason, not only a traceback.
+        error = getattr(application.state, "startup_error", None)
+        if error is not None:
+            console.print(
+                f"healthdb serve: refusing to start: {error}", markup=False, soft_wrap=True
+            )
 
 
 _UVICORN_LEVELS = {"warn": "warning", "fatal": "critical"}

@@ -48,14 +48,21 @@ async def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     config: Annotated[TokenConfig, Depends(token_config)],
+    db: Db,
 ) -> Principal:
-    """The caller of a request bearing a valid access token (401 otherwise)."""
+    """The caller of a request bearing a valid access token (401 otherwise).
+
+    Every authenticated request is charged one unit of its clinic's rate budget here (429
+    when over it); FastAPI resolves this dependency once per request, however many
+    dependencies use it.
+    """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise _unauthorized("missing bearer token")
     try:
         claims = decode_access(config, credentials.credentials)
     except InvalidToken:
         raise _unauthorized("invalid or expired token") from None
+    await db.check_rate_limit(claims.clinic_id)
     return Principal(
         user_id=claims.user_id,
         clinic_id=claims.clinic_id,

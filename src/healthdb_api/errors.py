@@ -6,6 +6,7 @@ Library errors map to HTTP statuses in one table; anything unexpected becomes an
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -22,17 +23,23 @@ from healthdb import (
     IntegrityViolation,
     InvalidInput,
     NotFound,
+    RateLimited,
     ServiceClosed,
+    UnsafeStatement,
 )
 
 log = structlog.get_logger("healthdb_api")
 
 STATUS: list[tuple[type[HealthdbError], int]] = [
     (InvalidInput, 422),
+    # 422 like InvalidInput: the request was well-formed but the statement it carries is
+    # refused on its content; the stable code "unsafe_statement" tells the two apart.
+    (UnsafeStatement, 422),
     (NotFound, 404),
     (ConflictError, 409),
     (IntegrityViolation, 409),
     (ClinicContextRequired, 403),
+    (RateLimited, 429),
     (ServiceClosed, 503),
     (DatabaseUnavailable, 503),
 ]
@@ -83,6 +90,8 @@ async def _library_error(_: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, DatabaseUnavailable):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    elif isinstance(exc, RateLimited):  # rounded up: a client that waits is admitted
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if status == 500:
         log.error("library_error", code=exc.code)
         return error_response(500, "internal_error", "internal error")

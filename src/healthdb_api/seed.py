@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb import BatchResult, DatabaseService, Role, Settings
-from healthdb.migrate import upgrade
+from healthdb.migrate import upgrade_with_role
 from healthdb.models import Appointment, Clinic, Patient, User
 
 __all__ = [
@@ -198,7 +198,7 @@ async def seed_demo(
 ) -> SeedReport:
     """Migrate (unless ``migrate=False``) and load ``plan`` into ``settings``' database."""
     if migrate:
-        await upgrade(settings.admin_url)
+        await upgrade_with_role(settings)  # and provision the runtime role on PostgreSQL
     async with DatabaseService.connect(settings) as db:
         return await seed_into(db, plan, on_progress=on_progress)
 

@@ -32,8 +32,11 @@ T0 = dt.datetime(2030, 1, 6, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-async def engine(migrated_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(migrated_url, Settings(), pool_size=2, max_overflow=2)
+async def engine(owner_migrated_url: str) -> AsyncIterator[AsyncEngine]:
+    # Repositories sit below the facade: these tests span clinics in one plain session with
+    # no clinic set, so on PostgreSQL they connect as the owner (row-level security is the
+    # facade's wall, proven in test_rls.py).
+    engine = create_engine(owner_migrated_url, Settings(), pool_size=2, max_overflow=2)
     try:
         yield engine
     finally:
@@ -508,11 +511,11 @@ async def test_foreign_key_violation_is_not_a_conflict(session: AsyncSession) ->
 
 
 @pytest.mark.postgres
-async def test_writer_losing_a_race_gets_conflict(pg_migrated_url: str) -> None:
+async def test_writer_losing_a_race_gets_conflict(pg_admin_migrated_url: str) -> None:
     # Between update()'s read and its flush another transaction bumps the version; the
     # version-guarded UPDATE then matches no row. (On SQLite the same race surfaces as a
     # busy snapshot error instead, since a stale reader cannot upgrade to writer in WAL.)
-    engine = create_engine(pg_migrated_url, Settings(), pool_size=2, max_overflow=0)
+    engine = create_engine(pg_admin_migrated_url, Settings(), pool_size=2, max_overflow=0)
     try:
         factory = session_factory(engine)
         async with factory() as setup:

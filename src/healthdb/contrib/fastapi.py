@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from healthdb.errors import HealthdbError
 from healthdb.migrate import is_at_head
 from healthdb.service import DatabaseService
 from healthdb.settings import Settings
@@ -27,7 +28,13 @@ def database_lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if before_connect is not None:
             await before_connect()
-        async with DatabaseService.connect(settings) as db:
+        try:
+            db = await DatabaseService.connect(settings)
+        except HealthdbError as exc:
+            # Kept for the CLI, which reports it in one line after the server gives up.
+            app.state.startup_error = exc
+            raise
+        async with db:
             app.state.db = db
             yield
 

@@ -1,24 +1,38 @@
-"""The ORM wall: every ORM statement on a tenant table is scoped to the current clinic.
+"""The two tenancy walls.
 
+The ORM wall: every ORM statement on a tenant table is scoped to the current clinic.
 Installed on :class:`TenantSession` only, so plain SQLAlchemy sessions in the same process
 are untouched. Fails closed: a tenant statement with no clinic scope raises
 :class:`~healthdb.errors.ClinicContextRequired` before it reaches the database.
+
+The database wall (PostgreSQL): row-level security on every tenant table (migration 0002),
+the clinic set per transaction with :data:`SET_CLINIC`, and :func:`verify_database_wall`,
+which refuses to let the service run as a role that could bypass it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
-from sqlalchemy import Select, event
+import sqlglot
+from sqlalchemy import Select, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.lambdas import LambdaElement
+from sqlalchemy.sql.selectable import TableClause, TextualSelect
+from sqlglot import exp
 
 from healthdb.context import current_scope
-from healthdb.errors import ClinicContextRequired
-from healthdb.models.base import Tenant, is_tenant
+from healthdb.errors import ClinicContextRequired, UnsafeDatabaseRole, UnsafeStatement
+from healthdb.models.base import Base, Tenant, is_tenant
 
 PESSIMISTIC = "healthdb_pessimistic"
 
@@ -57,6 +71,7 @@ def _scope_statement(state: ORMExecuteState) -> None:
     if state.is_column_load or state.is_relationship_load:
         # Lazy/deferred loads inherit the criteria of the statement that loaded the parent.
         return
+    _refuse_unwalled(state)
     if not _touches_tenant(state):
         return
     scope = current_scope()
@@ -66,6 +81,122 @@ def _scope_statement(state: ORMExecuteState) -> None:
     if isinstance(statement, Select) and state.session.info.get(PESSIMISTIC):
         statement = statement.with_for_update()
     state.statement = statement
+
+
+# -- Core statements and text() outside the ORM wall -------------------------------------------
+#
+# with_loader_criteria only sees ORM entities. A Core statement on a tenant ``Table``
+# (``select(Patient.__table__)``, ``Patient.__table__.update()``) or a ``text()`` naming a tenant
+# table would reach the database unscoped, so the wall refuses them. The library's own Core
+# statements (bulk-insert staging, execute_raw after the SQL guard) carry the private
+# execution option below; it is not part of the public API and must not be set by callers.
+
+_TRUSTED_OPTION = "healthdb_trusted"
+
+#: ``session.execute(stmt, execution_options=TRUSTED)``: for the library's own statements only.
+#: It exempts the statement from the Core/text() check, never from the ORM criteria or from
+#: row-level security.
+TRUSTED: Mapping[str, Any] = MappingProxyType({_TRUSTED_OPTION: True})
+
+_SQLGLOT_DIALECTS = {"postgresql": "postgres", "sqlite": "sqlite"}
+_UNWALLED_HINT = (
+    ": query tenant tables through ORM entities (select(Patient), update(Patient)), "
+    "or use db.execute_raw(sql, reason=...) for audited raw SQL"
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _tenant_names(_mapper_count: int) -> frozenset[str]:
+    return frozenset(name.lower() for name in tenant_tables())
+
+
+def _tenant_name_set() -> frozenset[str]:
+    # Keyed by the number of mapped classes, so models mapped later are picked up.
+    return _tenant_names(len(Base.registry.mappers))
+
+
+@functools.lru_cache(maxsize=2048)
+def _text_problem(sql: str, dialect: str | None, names: frozenset[str], whole: bool) -> str | None:
+    """Why raw SQL text must not run outside the wall, or None.
+
+    Every word is checked, not only parsed table references, so a tenant table named in a
+    fragment (``select_from(text("patients"))``), a command sqlglot cannot model (``PRAGMA``)
+    or a string handed to a function is refused too. A whole statement must also parse.
+    """
+    words = set(re.findall(r"\w+", sql.lower()))
+    hit = sorted(words & names)
+    if hit:
+        return f"raw SQL text names tenant table {hit[0]!r}"
+    if not whole:
+        return None
+    try:
+        parsed = sqlglot.parse(sql, read=dialect)
+    except Exception:  # any parser failure: refuse, never guess (fail closed)
+        return "raw SQL text that cannot be parsed is refused"
+    for statement in parsed:
+        if statement is None:
+            continue
+        for table in statement.find_all(exp.Table):
+            if table.name.lower() in names:
+                return f"raw SQL text names tenant table {table.name!r}"
+    return None
+
+
+def _unwalled_problem(statement: Any, names: frozenset[str], dialect: str | None) -> str | None:
+    """Find a tenant table the ORM criteria will not cover: a Core ``Table``/``TableClause``
+    or column without ORM annotations, or raw SQL text naming one."""
+    if isinstance(statement, LambdaElement):
+        statement = statement._resolved
+    # The statement's own text must parse; fragments inside a Core statement are word-checked.
+    whole = statement.element if isinstance(statement, TextualSelect) else statement
+    stack: list[Any] = [statement]
+    seen: set[int] = set()
+    subject = getattr(statement, "_propagate_attrs", {}).get("plugin_subject")
+    if subject is not None and not subject.is_aliased_class:
+        # ``session.get`` puts the mapper's own primary-key clause (built from its plain
+        # columns) in the WHERE of a SELECT of that entity, which the criteria scope.
+        seen.add(id(subject.mapper._get_clause[0]))
+    while stack:
+        element = stack.pop()
+        if id(element) in seen:
+            continue
+        seen.add(id(element))
+        annotations = getattr(element, "_annotations", None)
+        if annotations and "parententity" in annotations:
+            continue  # an ORM entity (or one of its columns): with_loader_criteria scopes it
+        if isinstance(element, TableClause):
+            if str(element.name).lower() in names:
+                return f"Core statement on tenant table {str(element.name)!r}"
+            continue  # a table's children are its own columns
+        if isinstance(element, TextClause):
+            problem = _text_problem(element.text, dialect, names, element is whole)
+            if problem:
+                return problem
+            continue
+        if isinstance(element, ColumnClause):
+            if element.is_literal:
+                problem = _text_problem(str(element.name), dialect, names, False)
+                if problem:
+                    return problem
+            if element.table is not None:
+                stack.append(element.table)
+            continue
+        # The generic traversal: explicit children only. Select.get_children() would add the
+        # FROMs implied by ORM columns, whose plain tables the ORM criteria do cover.
+        stack.extend(visitors.HasTraverseInternals.get_children(element))
+    return None
+
+
+def _refuse_unwalled(state: ORMExecuteState) -> None:
+    if state.execution_options.get(_TRUSTED_OPTION):
+        return
+    try:
+        dialect = _SQLGLOT_DIALECTS.get(state.session.get_bind().dialect.name)
+    except Exception:  # an unbound session: parse with sqlglot's generic dialect
+        dialect = None
+    problem = _unwalled_problem(state.statement, _tenant_name_set(), dialect)
+    if problem:
+        raise UnsafeStatement(problem + _UNWALLED_HINT)
 
 
 def _stamp_new_rows(session: Session, _context: Any, _instances: Any) -> None:
@@ -90,3 +221,105 @@ def install(session_class: type[Session] = TenantSession) -> None:
         event.listen(session_class, "do_orm_execute", _scope_statement)
     if not event.contains(session_class, "before_flush", _stamp_new_rows):
         event.listen(session_class, "before_flush", _stamp_new_rows)
+
+
+# -- the database wall (PostgreSQL row-level security) ----------------------------------------
+
+CLINIC_SETTING = "app.clinic_id"
+RLS_POLICY = "clinic_isolation"
+
+#: Transaction-local (``is_local => true``): gone at COMMIT/ROLLBACK, so a pooled connection
+#: never carries a clinic outside the transaction that set it (and PgBouncer in transaction
+#: mode needs nothing more).
+SET_CLINIC = text(f"SELECT set_config('{CLINIC_SETTING}', :clinic_id, true)")
+
+
+def tenant_tables() -> tuple[str, ...]:
+    """Names of every tenant table (models mixing in :class:`Tenant`), sorted."""
+    return tuple(
+        sorted(
+            str(mapper.local_table.name)  # type: ignore[attr-defined]
+            for mapper in Base.registry.mappers
+            if is_tenant(mapper.class_)
+        )
+    )
+
+
+_ROLE = text(
+    "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+)
+
+_TABLES = text(
+    """
+    SELECT c.relname AS name,
+           pg_has_role(current_user, c.relowner, 'MEMBER') AS owned,
+           c.relrowsecurity AS enabled,
+           c.relforcerowsecurity AS forced,
+           EXISTS (
+               SELECT 1 FROM pg_policies p
+                WHERE p.schemaname = n.nspname AND p.tablename = c.relname
+                  AND p.policyname = :policy AND p.cmd = 'ALL'
+                  AND p.qual LIKE '%' || :setting || '%'
+                  AND p.with_check LIKE '%' || :setting || '%'
+           ) AS has_policy,
+           ARRAY(
+               SELECT p.policyname::text FROM pg_policies p
+                WHERE p.schemaname = n.nspname AND p.tablename = c.relname
+                  AND p.permissive = 'PERMISSIVE' AND p.policyname <> :policy
+                ORDER BY 1
+           ) AS other_permissive
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+       AND c.relname = ANY(:tables)
+     ORDER BY c.relname
+    """
+)
+
+_HINT = (
+    "; run the service as a role that owns nothing and has neither SUPERUSER nor BYPASSRLS "
+    "(`healthdb migrate` with HEALTHDB_ADMIN_DATABASE_URL naming the owner creates one from "
+    "HEALTHDB_DATABASE_URL)"
+)
+
+
+async def verify_database_wall(conn: AsyncConnection) -> None:
+    """Raise :class:`UnsafeDatabaseRole` unless row-level security binds this connection's role.
+
+    Refused: a SUPERUSER or BYPASSRLS role, a role that owns (or is a member of the owner of)
+    a tenant table, and a tenant table without ENABLE + FORCE ROW LEVEL SECURITY, without the
+    ``clinic_isolation`` policy on ``app.clinic_id``, or with another permissive policy (which
+    would widen it). Tenant tables that do not exist yet (an unmigrated database) are skipped:
+    they hold no rows, and readiness reports the missing migration.
+    """
+    role = (await conn.execute(_ROLE)).one()
+    if role.rolsuper:
+        raise UnsafeDatabaseRole(
+            f"database role {role.name!r} is a SUPERUSER, which bypasses row-level security" + _HINT
+        )
+    if role.rolbypassrls:
+        raise UnsafeDatabaseRole(
+            f"database role {role.name!r} has BYPASSRLS, which bypasses row-level security" + _HINT
+        )
+    params = {"policy": RLS_POLICY, "setting": CLINIC_SETTING, "tables": list(tenant_tables())}
+    for table in (await conn.execute(_TABLES, params)).all():
+        if table.owned:
+            raise UnsafeDatabaseRole(
+                f"database role {role.name!r} owns tenant table {table.name!r} (an owner can "
+                "turn row-level security off)" + _HINT
+            )
+        if not (table.enabled and table.forced):
+            raise UnsafeDatabaseRole(
+                f"tenant table {table.name!r} lacks ENABLE + FORCE ROW LEVEL SECURITY; "
+                "run `healthdb migrate`"
+            )
+        if not table.has_policy:
+            raise UnsafeDatabaseRole(
+                f"tenant table {table.name!r} lacks its {RLS_POLICY!r} row-level security "
+                f"policy on {CLINIC_SETTING}; run `healthdb migrate`"
+            )
+        if table.other_permissive:
+            raise UnsafeDatabaseRole(
+                f"tenant table {table.name!r} has other permissive row-level security "
+                f"policies ({', '.join(table.other_permissive)}) that widen {RLS_POLICY!r}"
+            )

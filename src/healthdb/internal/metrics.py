@@ -48,6 +48,25 @@ class QueryMetrics:
         self.critical = Counter(
             "healthdb_critical_operations", "Break-glass lane uses", registry=self.registry
         )
+        # Never labelled by clinic: unbounded cardinality (the clinic id is in the log line).
+        self.rate_limited = Counter(
+            "healthdb_rate_limited",
+            "Requests refused over a clinic's budget",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "healthdb_rate_limit_backend_switches",
+            "Rate limiter switches between Redis and the per-process fallback",
+            ["to"],
+            registry=self.registry,
+        )
+        self.rate_limit_exempt = Counter(
+            "healthdb_rate_limit_exempt",
+            "Break-glass calls, exempt from rate limits",
+            ["over_budget"],
+            registry=self.registry,
+        )
         self.pool_in_use = Gauge(
             "healthdb_pool_checked_out", "Connections in use", ["pool"], registry=self.registry
         )

@@ -20,6 +20,7 @@ DEADLOCK = "40P01"
 TRANSIENT_SQLSTATES = frozenset({SERIALIZATION_FAILURE, DEADLOCK})
 TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})  # statement/lock timeout
 UNAVAILABLE_PREFIXES = ("08", "57P", "53")  # connection, shutdown, resources
+INSUFFICIENT_PRIVILEGE = "42501"  # also raised by a row-level security WITH CHECK
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -72,6 +73,9 @@ def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
         if code == "23505" or "unique constraint" in _sqlite_message(exc):
             return errors.ConflictError("a row with the same unique key already exists")
         return errors.IntegrityViolation("the write violates a database constraint")
+    if code == INSUFFICIENT_PRIVILEGE and "row-level security" in str(exc.orig):
+        # The database wall refused a write outside the transaction's clinic (or with none).
+        return errors.ClinicContextRequired("a row may only be written in the current clinic")
     if code.startswith(UNAVAILABLE_PREFIXES) or exc.connection_invalidated:
         return errors.DatabaseUnavailable("the database is unavailable")
     if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError) and not code:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
+
+if TYPE_CHECKING:
+    from healthdb.models.patient import Patient
+    from healthdb.models.user import User
 
 
 class Appointment(Tenant, Timestamped, Base):
@@ -30,5 +35,23 @@ class Appointment(Tenant, Timestamped, Base):
     status: Mapped[str] = mapped_column(String(16), default="booked")
     reason: Mapped[str | None] = mapped_column(String(500), default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)
+
+    # Read-side relationships. The join includes clinic_id (the composite foreign keys), so a
+    # relationship can only ever reach rows of the appointment's own clinic; viewonly keeps
+    # the write path explicit (patient_id / clinician_id are set directly).
+    patient: Mapped[Patient] = relationship(
+        "Patient",
+        primaryjoin="and_(foreign(Appointment.clinic_id) == Patient.clinic_id, "
+        "foreign(Appointment.patient_id) == Patient.id)",
+        viewonly=True,
+        uselist=False,
+    )
+    clinician: Mapped[User] = relationship(
+        "User",
+        primaryjoin="and_(foreign(Appointment.clinic_id) == User.clinic_id, "
+        "foreign(Appointment.clinician_id) == User.id)",
+        viewonly=True,
+        uselist=False,
+    )
 
     __mapper_args__ = {"version_id_col": version}

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Date, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
+
+if TYPE_CHECKING:
+    from healthdb.models.appointment import Appointment
 
 
 class Patient(Tenant, Timestamped, Base):
@@ -33,5 +37,14 @@ class Patient(Tenant, Timestamped, Base):
     notes: Mapped[str | None] = mapped_column(Text, default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    # Read-side only (see Appointment.patient): joined on (clinic_id, id), never written.
+    appointments: Mapped[list[Appointment]] = relationship(
+        "Appointment",
+        primaryjoin="and_(Patient.clinic_id == foreign(Appointment.clinic_id), "
+        "Patient.id == foreign(Appointment.patient_id))",
+        order_by="(Appointment.start_at, Appointment.id)",
+        viewonly=True,
+    )
 
     __mapper_args__ = {"version_id_col": version}

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
+
+if TYPE_CHECKING:
+    from healthdb.models.appointment import Appointment
 
 
 class User(Tenant, Timestamped, Base):
@@ -24,6 +28,15 @@ class User(Tenant, Timestamped, Base):
     full_name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(32))
     active: Mapped[bool] = mapped_column(default=True)
+
+    # The clinician's calendar, read-side only (see Appointment.clinician).
+    appointments: Mapped[list[Appointment]] = relationship(
+        "Appointment",
+        primaryjoin="and_(User.clinic_id == foreign(Appointment.clinic_id), "
+        "User.id == foreign(Appointment.clinician_id))",
+        order_by="(Appointment.start_at, Appointment.id)",
+        viewonly=True,
+    )
 
 
 class UserLogin(Base):

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb.errors import HealthdbError, InvalidInput
+from healthdb.internal.isolation import TRUSTED
 
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -149,17 +150,20 @@ async def bulk_insert(
 ) -> None:
     """Insert ``rows``: COPY into a transaction-local staging table on PostgreSQL (COPY
     cannot target a table under row-level security, INSERT ... SELECT can), a multi-row
-    INSERT elsewhere."""
+    INSERT elsewhere.
+
+    The statements are Core on a tenant table, so they carry the isolation wall's private
+    ``TRUSTED`` option: the rows were checked by :func:`prepare_rows` (every ``clinic_id`` is
+    the scope's), and on PostgreSQL row-level security still checks each inserted row."""
     table = cast(Table, model.__table__)
     if session.get_bind().dialect.name != "postgresql" or len(rows) < COPY_THRESHOLD:
-        await session.execute(insert(table), rows)
+        await session.execute(insert(table), rows, execution_options=TRUSTED)
         return
     names = [c.name for c in table.columns]
     stage = f"hdb_stage_{uuid.uuid4().hex[:12]}"
     # Identifiers below come from the model's own metadata, never from input.
-    await session.execute(
-        text(f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP')
-    )
+    create = f'CREATE TEMP TABLE "{stage}" (LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DROP'
+    await session.execute(text(create), execution_options=TRUSTED)
     raw = await (await session.connection()).get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
@@ -168,4 +172,4 @@ async def bulk_insert(
     )
     cols = ", ".join(f'"{n}"' for n in names)
     copy_back = f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{stage}"'  # noqa: S608
-    await session.execute(text(copy_back))
+    await session.execute(text(copy_back), execution_options=TRUSTED)

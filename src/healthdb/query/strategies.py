@@ -16,7 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from healthdb.engine import Sessions
 from healthdb.errors import ConflictError, QueryTimeout
-from healthdb.internal.isolation import PESSIMISTIC
+from healthdb.internal.isolation import PESSIMISTIC, SET_CLINIC
 from healthdb.internal.query_cache import WRITTEN_TAGS
 from healthdb.query.options import LockMode, TransactionOptions, WriteStrategy
 from healthdb.query.pipeline import Call, CallKind
@@ -51,6 +51,11 @@ async def unit_of_work(
                 await session.connection(execution_options=isolation)
         elif postgres and options.write_strategy is WriteStrategy.BATCH:
             await session.execute(_SET_LOCAL_TIMEOUT, {"ms": str(batch_statement_timeout_ms)})
+        if postgres and call.scope is not None:
+            # The database wall: row-level security sees this clinic, for this transaction
+            # only. Without a scope nothing is set and RLS shows no tenant rows at all.
+            conn = await session.connection()
+            await conn.execute(SET_CLINIC, {"clinic_id": str(call.scope.clinic_id)})
         try:
             async with asyncio.timeout(options.timeout):
                 result = await call.operation(session)
