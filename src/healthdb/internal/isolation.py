@@ -68,8 +68,15 @@ def _clinic_criteria(clinic_id: uuid.UUID) -> LoaderCriteriaOption:
 
 
 def _scope_statement(state: ORMExecuteState) -> None:
-    if state.is_column_load or state.is_relationship_load:
-        # Lazy/deferred loads inherit the criteria of the statement that loaded the parent.
+    if state.is_column_load:
+        # A deferred column of a row this session already loaded under the criteria.
+        return
+    if state.is_relationship_load:
+        # Lazy/selectin loads usually carry the parent's criteria, but not for an object
+        # added in this session: scope them explicitly (a duplicate predicate is harmless).
+        scope = current_scope()
+        if scope is not None and _touches_tenant(state):
+            state.statement = state.statement.options(_clinic_criteria(scope.clinic_id))
         return
     _refuse_unwalled(state)
     if not _touches_tenant(state):
