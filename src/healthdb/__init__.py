@@ -22,11 +22,12 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
     UnsafeStatement,
 )
+from healthdb.health import HealthReport, PoolStatus
 from healthdb.query import keys
 from healthdb.query.batch import BatchFailure, BatchResult
 from healthdb.query.keys import CacheKey
 from healthdb.query.options import IsolationLevel, QueryOptions, TransactionOptions
-from healthdb.service import DatabaseService, HealthReport, PoolStatus
+from healthdb.service import DatabaseService
 from healthdb.settings import Settings
 
 __all__ = [

@@ -6,17 +6,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
-from sqlalchemy import select, text
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
+from healthdb import health
 from healthdb.cache import MemoryCache
 from healthdb.context import ClinicScope, Role, as_uuid, clinic_scope, current_scope
 from healthdb.engine import Engines, Sessions, create_engines
@@ -26,9 +25,9 @@ from healthdb.errors import (
     InvalidInput,
     ServiceClosed,
     UnsafeDatabaseRole,
-    UnsafeStatement,
 )
-from healthdb.internal import isolation, query_cache, sql_guard
+from healthdb.health import HealthReport, PoolStatus
+from healthdb.internal import isolation, query_cache
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
@@ -37,9 +36,8 @@ from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
 from healthdb.internal.retry import retrying, translate
 from healthdb.models.base import is_tenant
 from healthdb.models.clinic import Clinic
-from healthdb.query import batch, middleware
-from healthdb.query.batch import BatchFailure, BatchResult
-from healthdb.query.keys import table_tag
+from healthdb.query import batch, middleware, raw
+from healthdb.query.batch import BatchResult
 from healthdb.query.options import LockMode, QueryOptions, TransactionOptions
 from healthdb.query.pipeline import Call, CallKind, Handler, Middleware, Operation, chain
 from healthdb.query.strategies import optimistic, unit_of_work
@@ -49,22 +47,6 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 log = structlog.get_logger("healthdb")
 MAX_CONCURRENCY = 500
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatus:
-    size: int
-    checked_out: int
-    overflow: int
-
-
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    ok: bool
-    dialect: str
-    latency_ms: float | None
-    pools: dict[str, PoolStatus]
-    error: str | None = None
 
 
 class DatabaseService:
@@ -306,23 +288,12 @@ class DatabaseService:
             raise InvalidInput(
                 f"execute_raw needs a reason of 1-{middleware.MAX_REASON} characters"
             )
-        values = _raw_params(params)
-        checked = sql_guard.check(sql, dialect=self.engines.dialect, read_only=read_only)
-        tenant = set(isolation.tenant_tables())
-        if not self.engines.is_postgres and checked.tables & tenant:
-            raise UnsafeStatement("raw SQL on tenant tables needs the PostgreSQL database wall")
-        statement = text(sql)
-        missing = sorted(set(statement._bindparams) - set(values))
-        extra = sorted(set(values) - set(statement._bindparams))
-        if missing or extra:
-            raise InvalidInput(
-                f"raw SQL parameters do not match its :name placeholders "
-                f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'})"
-            )
-        written = (
-            set()
-            if checked.kind == "select"
-            else {table_tag(t, scope.clinic_id if t in tenant else None) for t in checked.tables}
+        prepared = raw.prepare(
+            sql,
+            params,
+            dialect=self.engines.dialect,
+            read_only=read_only,
+            clinic_id=scope.clinic_id,
         )
         log.warning(
             "raw_sql",
@@ -330,24 +301,13 @@ class DatabaseService:
             actor=str(scope.actor) if scope.actor else None,
             purpose=scope.purpose,
             reason_length=len(reason.strip()),
-            fingerprint=checked.fingerprint,
-            kind=checked.kind,
+            fingerprint=prepared.fingerprint,
+            kind=prepared.kind,
         )
-
-        async def op(session: AsyncSession) -> list[dict[str, object]]:
-            if written:
-                query_cache.written_tags(session.sync_session).update(written)
-            result = await session.execute(statement, values, execution_options=isolation.TRUSTED)
-            if not isinstance(result, CursorResult) or not result.returns_rows:
-                return []
-            return [dict(row) for row in result.mappings()]
-
-        if read_only:
-            rows: list[dict[str, object]] = await self._run(
-                CallKind.READ, op, QueryOptions.for_phi("raw_sql")
-            )
-        else:
-            rows = await self._run(CallKind.WRITE, op, QueryOptions.for_phi("raw_sql"))
+        kind = CallKind.READ if read_only else CallKind.WRITE
+        rows: list[dict[str, object]] = await self._run(
+            kind, raw.operation(prepared), QueryOptions.for_phi("raw_sql")
+        )
         return rows
 
     # -- rate limits --------------------------------------------------------------------
@@ -450,51 +410,16 @@ class DatabaseService:
         clinic = scope.clinic_id if scope else None
         if clinic is None and is_tenant(model):
             raise ClinicContextRequired("a bulk insert into a tenant table needs a clinic scope")
-        prepared, failures = batch.prepare_rows(model, rows, clinic)
-        good = [row for row in prepared if row is not None]
-        index_of = [i for i, row in enumerate(prepared) if row is not None]
-        tag = table_tag(model.__table__.name, clinic)  # type: ignore[attr-defined]
-
-        async def insert_chunk(session: AsyncSession, chunk: list[dict[str, Any]]) -> None:
-            query_cache.written_tags(session.sync_session).add(tag)
-            await batch.bulk_insert(session, model, chunk)
-
-        size = _chunk(chunk_size, self.settings.batch_chunk_size)
-        chunks = [good[i : i + size] for i in range(0, len(good), size)]
-        lanes = min(concurrency, self.settings.pool_size)
-        if on_progress and failures:
-            on_progress(len(failures))
-
-        def chunk_progress(done: range) -> None:
-            if on_progress:
-                on_progress(sum(len(chunks[i]) for i in done))
-
-        outcome = await batch.run_batch(
-            chunks,
-            insert_chunk,
+        return await batch.run_bulk_insert(
+            rows,
+            model,
+            clinic_id=clinic,
             run_unit=lambda unit: self._run(CallKind.WRITE, unit, options),
-            concurrency=lanes,
-            chunk_size=1,
+            concurrency=min(concurrency, self.settings.pool_size),
+            chunk_size=_chunk(chunk_size, self.settings.batch_chunk_size),
             translate=translate,
-            on_progress=chunk_progress,
+            on_progress=on_progress,
         )
-        result: BatchResult[Any] = BatchResult(total=len(rows), results=[None] * len(rows))
-        result.failures.extend(failures)
-        for failed_chunk in outcome.failures:
-            # Re-run the failed chunk row by row so only the guilty rows are reported.
-            start = failed_chunk.index * size
-            retry = await self.execute_batch(
-                [[row] for row in chunks[failed_chunk.index]],
-                insert_chunk,
-                concurrency=lanes,
-                chunk_size=1,
-                name=options.name,
-            )
-            result.failures.extend(
-                BatchFailure(index_of[start + f.index], f.code, f.message) for f in retry.failures
-            )
-        result.failures.sort(key=lambda f: f.index)
-        return result
 
     # -- lifecycle and health -----------------------------------------------------------
 
@@ -509,18 +434,14 @@ class DatabaseService:
     async def ping(self) -> float:
         """One round trip on the primary pool; returns milliseconds."""
         self._check_open()  # a closed service must not reopen its disposed pool
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
-            async with self.engines.primary.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            return await health.ping(self.engines.primary)
         except Exception as exc:
             raise translate(exc) from exc
-        return (loop.time() - started) * 1000
 
     async def health(self) -> HealthReport:
         """Database reachability, latency and pool occupancy (never raises)."""
-        pools = {"primary": _pool(self.engines.primary), "critical": _pool(self.engines.critical)}
+        pools = self._pools()
         for name, status in pools.items():
             self.metrics.pool_in_use.labels(name).set(status.checked_out)
         try:
@@ -529,15 +450,18 @@ class DatabaseService:
             return HealthReport(False, self.engines.dialect, None, pools, exc.code)
         return HealthReport(True, self.engines.dialect, latency, pools)
 
+    def _pools(self) -> dict[str, PoolStatus]:
+        return {
+            "primary": health.pool_status(self.engines.primary),
+            "critical": health.pool_status(self.engines.critical),
+        }
+
     def metrics_summary(self) -> dict[str, Any]:
         """Pool, latency percentiles per operation, cache hit ratio, recent slow statements."""
         latency: Mapping[str, LatencySummary] = self.metrics.latency()
         slow: list[SlowStatement] = list(self.slow_log.records)
         return {
-            "pools": {
-                "primary": _pool(self.engines.primary),
-                "critical": _pool(self.engines.critical),
-            },
+            "pools": self._pools(),
             "latency": latency,
             "cache": {"entries": len(self.cache.store), "hit_ratio": self.cache.store.hit_ratio},
             "slow_statements": slow,
@@ -632,19 +556,6 @@ def _rate_limiter(
         on_limited=lambda backend: metrics.rate_limited.labels(backend).inc(),
         on_switch=lambda backend: metrics.rate_limit_fallbacks.labels(backend).inc(),
     )
-
-
-def _pool(engine: Any) -> PoolStatus:
-    pool = engine.pool
-    return PoolStatus(size=pool.size(), checked_out=pool.checkedout(), overflow=pool.overflow())
-
-
-def _raw_params(params: Mapping[str, object] | None) -> dict[str, object]:
-    if params is None:
-        return {}
-    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
-        raise InvalidInput("raw SQL parameters must be a mapping of names to values")
-    return dict(params)
 
 
 def _check_items(items: Any, limit: int) -> Sequence[Any]:

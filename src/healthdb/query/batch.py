@@ -16,8 +16,10 @@ from sqlalchemy import String, Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
+from healthdb.cache import table_tag
 from healthdb.errors import HealthdbError, InvalidInput
 from healthdb.internal.isolation import TRUSTED
+from healthdb.internal.query_cache import written_tags
 
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -173,3 +175,62 @@ async def bulk_insert(
     cols = ", ".join(f'"{n}"' for n in names)
     copy_back = f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{stage}"'  # noqa: S608
     await session.execute(text(copy_back), execution_options=TRUSTED)
+
+
+async def run_bulk_insert(
+    rows: Sequence[Any],
+    model: type[DeclarativeBase],
+    *,
+    clinic_id: uuid.UUID | None,
+    run_unit: RunUnit,
+    concurrency: int,
+    chunk_size: int,
+    translate: Callable[[BaseException], BaseException],
+    on_progress: Callable[[int], None] | None = None,
+) -> BatchResult[None]:
+    """Validate ``rows``, insert them ``chunk_size`` per transaction, and re-run a failed
+    chunk row by row so only the guilty rows are reported."""
+    prepared, failures = prepare_rows(model, rows, clinic_id)
+    good = [row for row in prepared if row is not None]
+    index_of = [i for i, row in enumerate(prepared) if row is not None]
+    tag = table_tag(cast(Table, model.__table__).name, clinic_id)
+
+    async def insert_chunk(session: AsyncSession, chunk: list[dict[str, Any]]) -> None:
+        written_tags(session.sync_session).add(tag)
+        await bulk_insert(session, model, chunk)
+
+    chunks = [good[i : i + chunk_size] for i in range(0, len(good), chunk_size)]
+    if on_progress and failures:
+        on_progress(len(failures))
+
+    def chunk_progress(done: range) -> None:
+        if on_progress:
+            on_progress(sum(len(chunks[i]) for i in done))
+
+    outcome = await run_batch(
+        chunks,
+        insert_chunk,
+        run_unit=run_unit,
+        concurrency=concurrency,
+        chunk_size=1,
+        translate=translate,
+        on_progress=chunk_progress,
+    )
+    result: BatchResult[None] = BatchResult(total=len(rows), results=[None] * len(rows))
+    result.failures.extend(failures)
+    for failed in outcome.failures:
+        start = failed.index * chunk_size
+        singles = [[row] for row in chunks[failed.index]]
+        retry = await run_batch(
+            singles,
+            insert_chunk,
+            run_unit=run_unit,
+            concurrency=concurrency,
+            chunk_size=1,
+            translate=translate,
+        )
+        result.failures.extend(
+            BatchFailure(index_of[start + f.index], f.code, f.message) for f in retry.failures
+        )
+    result.failures.sort(key=lambda f: f.index)
+    return result
