@@ -65,6 +65,8 @@ def serve(
             log_level=_UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
             # Request lines carry query strings (patient searches): keep them out of the logs.
             access_log=False,
+            # Keep the handlers `configure` installed: uvicorn's lines get the same renderer.
+            log_config=None,
             server_header=False,
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
         )
