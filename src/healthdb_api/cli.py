@@ -1,7 +1,7 @@
 """The ``healthdb`` command line of the reference service.
 
-The library's commands (``migrate``, ``demo``) plus the service's own: ``serve`` and
-``seed-demo``. With no configuration at all, ``healthdb serve`` runs on the embedded
+The library's commands (``migrate``, ``demo``, ``audit verify``) plus the service's own:
+``serve`` and ``seed-demo``. With no configuration at all, ``healthdb serve`` runs on the embedded
 default (SQLite file ``./healthdb.sqlite3``, in-process cache) and migrates it on start.
 """
 
@@ -35,8 +35,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-# The library's commands (migrate, demo), unchanged.
+# The library's commands (migrate, demo) and command groups (audit), unchanged.
 app.registered_commands.extend(library_cli.app.registered_commands)
+app.registered_groups.extend(library_cli.app.registered_groups)
 
 
 # -- the service ------------------------------------------------------------------------------

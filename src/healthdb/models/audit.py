@@ -16,6 +16,8 @@ class AuditEvent(Tenant, Base):
     __table_args__ = (
         Index(None, "clinic_id", "occurred_at"),
         Index(None, "clinic_id", "resource_type", "resource_id"),
+        # One position per clinic chain (migration 0003).
+        Index(None, "clinic_id", "seq", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)

@@ -1,0 +1,255 @@
+"""The audit hash chain: append events to a clinic's chain, and verify every chain.
+
+Each clinic has its own chain. :func:`append` gives a new event the next ``seq`` of its
+clinic (1, 2, 3, ...), links it to the previous row (``prev_hash``: that row's
+``row_hash``, or 64 zeros for the first) and seals it: ``row_hash`` is the sha256 of the
+canonical JSON of every column except ``row_hash`` itself (``seq`` and ``prev_hash``
+included). Editing, deleting, inserting or reordering rows therefore breaks the chain, and
+:func:`verify` names the first broken row.
+
+Appends to one clinic are serialised inside the caller's write transaction: on PostgreSQL
+by ``pg_advisory_xact_lock`` on a key derived from the clinic id (released at commit or
+rollback), on SQLite by the database write lock, which the facade's write transactions take
+up front (``BEGIN IMMEDIATE``). The database itself refuses UPDATE and DELETE on
+``audit_events`` (migration 0003), and a unique index on ``(clinic_id, seq)`` backs the
+sequence.
+
+What a chain cannot prove: someone who can rewrite the table *and* recompute every hash
+after the tampered row (the database owner, with the trigger disabled) can forge a
+consistent chain. Anchoring the chain head outside the database closes that gap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from healthdb.context import current_scope
+from healthdb.errors import ClinicContextRequired, InvalidInput
+from healthdb.models import AuditEvent, Clinic
+from healthdb.models.base import new_id, utcnow
+
+__all__ = [
+    "GENESIS_HASH",
+    "BadRow",
+    "VerifyResult",
+    "append",
+    "clinic_lock_key",
+    "row_hash",
+    "verify",
+]
+
+GENESIS_HASH = "0" * 64
+# The transaction-local setting row-level security reads (migration 0002).
+_CLINIC_SETTING = "app.clinic_id"
+_LOCK_NAMESPACE = b"healthdb.audit.chain:"
+_STREAM_BATCH = 1000
+
+# Every column that is sealed, in a fixed order (``row_hash`` is the seal itself).
+_SEALED = (
+    "id",
+    "clinic_id",
+    "seq",
+    "occurred_at",
+    "actor_id",
+    "actor_role",
+    "action",
+    "resource_type",
+    "resource_id",
+    "phi_fields",
+    "purpose",
+    "outcome",
+    "request_id",
+    "client_addr",
+    "reason",
+    "prev_hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """The first row where a chain breaks. ``seq`` is ``None`` for a row without one."""
+
+    clinic_id: uuid.UUID
+    seq: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad: BadRow | None = None
+
+
+def clinic_lock_key(clinic_id: uuid.UUID) -> int:
+    """The signed 64-bit ``pg_advisory_xact_lock`` key of a clinic's chain (namespaced, so it
+    cannot collide with other advisory locks keyed on the same uuid)."""
+    digest = hashlib.sha256(_LOCK_NAMESPACE + clinic_id.bytes).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime in an audit event: pass a timezone-aware value")
+        return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    return value
+
+
+def row_hash(fields: dict[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of the sealed fields: sorted keys, no whitespace,
+    uuids as strings, timestamps as UTC ISO 8601 with microseconds."""
+    document = {name: _canonical(fields.get(name)) for name in _SEALED}
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
+    """Chain ``event`` onto its clinic's audit trail and flush it, in the caller's transaction.
+
+    The clinic is ``event.clinic_id`` or, when unset, the current scope's. Missing defaults
+    (``id``, ``occurred_at``, ``phi_fields``, ``outcome``) are filled in first, since they are
+    sealed. Call it in a write transaction (SQLite: ``BEGIN IMMEDIATE``, as the facade's
+    writes are), so that concurrent appends to one clinic queue instead of colliding.
+    """
+    scope = current_scope()
+    if event.clinic_id is None:
+        if scope is None:
+            raise ClinicContextRequired("an audit event needs a clinic: set clinic_id or a scope")
+        event.clinic_id = scope.clinic_id
+    if event.seq is not None or event.prev_hash is not None or event.row_hash is not None:
+        raise InvalidInput("seq, prev_hash and row_hash are assigned by the audit chain")
+    if event.id is None:
+        event.id = new_id()
+    if event.occurred_at is None:
+        event.occurred_at = utcnow()
+    if event.phi_fields is None:
+        event.phi_fields = []
+    if event.outcome is None:
+        event.outcome = "success"
+    clinic_id = event.clinic_id
+
+    if _is_postgres(session):
+        await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id))))
+    last = (
+        await session.execute(
+            select(AuditEvent.seq, AuditEvent.row_hash)
+            .where(AuditEvent.clinic_id == clinic_id, AuditEvent.seq.is_not(None))
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    event.seq = 1 if last is None else int(last.seq) + 1
+    event.prev_hash = GENESIS_HASH if last is None else (last.row_hash or GENESIS_HASH)
+    event.row_hash = row_hash({name: getattr(event, name) for name in _SEALED})
+    session.add(event)
+    await session.flush()
+    return event
+
+
+_COLUMNS = tuple(getattr(AuditEvent, name) for name in (*_SEALED, "row_hash"))
+
+
+async def _clinics(session: AsyncSession, clinic_id: uuid.UUID | None) -> Sequence[uuid.UUID]:
+    scope = current_scope()
+    if scope is not None:
+        # Under a scope only the scope's rows are visible: verifying another clinic would
+        # walk an empty chain and wrongly report it intact.
+        if clinic_id is not None and clinic_id != scope.clinic_id:
+            raise InvalidInput("under a clinic scope only that clinic's chain can be verified")
+        return [scope.clinic_id]
+    if clinic_id is not None:
+        return [clinic_id]
+    return list((await session.execute(select(Clinic.id).order_by(Clinic.id))).scalars())
+
+
+def _check(
+    fields: dict[str, Any], expected_seq: int, prev_hash: str
+) -> tuple[int | None, str] | None:
+    """Why the row at ``expected_seq`` of a chain is bad, as (seq to name, reason), or None."""
+    seq = fields["seq"]
+    if seq is None:
+        return None, "row without a seq: inserted outside the chain"
+    if seq < expected_seq:
+        return seq, f"duplicate seq {seq}: a row was inserted"
+    if seq > expected_seq:
+        return expected_seq, f"seq {expected_seq} is missing (next is {seq}): a row was deleted"
+    if fields["row_hash"] != row_hash(fields):
+        return seq, "row_hash does not match the row: edited, forged or reordered"
+    if fields["prev_hash"] != prev_hash:
+        return seq, f"prev_hash does not link to seq {seq - 1}: a row was inserted or reordered"
+    return None
+
+
+async def _walk(session: AsyncSession, clinic_id: uuid.UUID) -> tuple[int, BadRow | None]:
+    statement = (
+        select(*_COLUMNS)
+        .where(AuditEvent.clinic_id == clinic_id)
+        .order_by(AuditEvent.seq.asc().nulls_last(), AuditEvent.id)
+        .execution_options(yield_per=_STREAM_BATCH)
+    )
+    checked = 0
+    expected_seq = 1
+    prev_hash = GENESIS_HASH
+    result = await session.stream(statement)
+    try:
+        async for row in result:
+            checked += 1
+            fields = dict(row._mapping)
+            problem = _check(fields, expected_seq, prev_hash)
+            if problem is not None:
+                return checked, BadRow(clinic_id, problem[0], problem[1])
+            prev_hash = fields["row_hash"]
+            expected_seq += 1
+    finally:
+        await result.close()
+    return checked, None
+
+
+async def verify(session: AsyncSession, clinic_id: uuid.UUID | None = None) -> VerifyResult:
+    """Walk each clinic's chain (or only ``clinic_id``'s) in ``seq`` order; stop at the first
+    broken row: an edited row (hash mismatch), a deleted one (a gap in ``seq``), an inserted
+    one (duplicate ``seq``, or a ``prev_hash`` that does not link), or reordered rows.
+
+    Read-only. The session needs to see every row it verifies: the owner (or any role with
+    SELECT) without a scope walks every clinic in ``clinics``; on PostgreSQL the row-level
+    security setting is switched per clinic for the walk and restored afterwards, so a
+    non-superuser owner under ``FORCE ROW LEVEL SECURITY`` sees each chain too. Under a clinic
+    scope only that clinic's chain is verified.
+    """
+    clinics = await _clinics(session, clinic_id)
+    postgres = _is_postgres(session)
+    previous: str | None = None
+    if postgres:
+        previous = (
+            await session.execute(select(func.current_setting(_CLINIC_SETTING, True)))
+        ).scalar_one()
+    checked = 0
+    first_bad: BadRow | None = None
+    for clinic in clinics:
+        if postgres:
+            await session.execute(select(func.set_config(_CLINIC_SETTING, str(clinic), True)))
+        count, first_bad = await _walk(session, clinic)
+        checked += count
+        if first_bad is not None:
+            break
+    if postgres:
+        await session.execute(select(func.set_config(_CLINIC_SETTING, previous or "", True)))
+    return VerifyResult(ok=first_bad is None, checked=checked, first_bad=first_bad)
