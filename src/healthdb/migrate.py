@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from healthdb.errors import InvalidInput
-from healthdb.models import Base, is_tenant
+from healthdb.models import Base
+from healthdb.models.base import tenant_tables
 from healthdb.settings import Settings
 
 __all__ = [
@@ -173,14 +174,6 @@ SHARED_TABLES = ("clinics", "user_logins")
 APPEND_ONLY_TABLES = ("audit_events",)
 
 
-def _tenant_tables() -> list[str]:
-    return sorted(
-        str(m.local_table.name)  # type: ignore[attr-defined]
-        for m in Base.registry.mappers
-        if is_tenant(m.class_)
-    )
-
-
 def _role_of(url: str) -> tuple[str | None, str | None]:
     parsed = make_url(Settings(database_url=url).url)
     return parsed.username, parsed.password
@@ -213,7 +206,7 @@ def _provision_sync(connection: Connection, role: str, password: str | None) -> 
     # Start from nothing on every run, so a grant that is no longer needed does not linger.
     connection.exec_driver_sql(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {quoted}")
     connection.exec_driver_sql(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {quoted}")
-    read_write = [t for t in (*_tenant_tables(), *SHARED_TABLES) if t not in APPEND_ONLY_TABLES]
+    read_write = [t for t in (*tenant_tables(), *SHARED_TABLES) if t not in APPEND_ONLY_TABLES]
     for table in read_write:
         connection.exec_driver_sql(
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "{table}" TO {quoted}'

@@ -27,7 +27,7 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
 )
 from healthdb.health import HealthReport, PoolStatus
-from healthdb.internal import isolation, query_cache
+from healthdb.internal import isolation, query_cache, rls
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
@@ -129,7 +129,7 @@ class DatabaseService:
         """Refuse to run on PostgreSQL as a role that row-level security does not bind."""
         try:
             async with self.engines.primary.connect() as conn:
-                await isolation.verify_database_wall(conn)
+                await rls.verify_database_wall(conn)
         except UnsafeDatabaseRole:
             raise
         except Exception as exc:

@@ -27,8 +27,8 @@ from sqlalchemy.pool import NullPool
 
 from healthdb import migrate
 from healthdb.errors import ClinicContextRequired, InvalidInput, UnsafeDatabaseRole
-from healthdb.internal.isolation import tenant_tables
 from healthdb.models import Patient
+from healthdb.models.base import tenant_tables
 from healthdb.service import DatabaseService
 from healthdb.settings import Settings
 from tests.conftest import (

@@ -1,13 +1,12 @@
-"""The two tenancy walls.
+"""The ORM wall.
 
 The ORM wall: every ORM statement on a tenant table is scoped to the current clinic.
 Installed on :class:`TenantSession` only, so plain SQLAlchemy sessions in the same process
 are untouched. Fails closed: a tenant statement with no clinic scope raises
 :class:`~healthdb.errors.ClinicContextRequired` before it reaches the database.
 
-The database wall (PostgreSQL): row-level security on every tenant table (migration 0002),
-the clinic set per transaction with :data:`SET_CLINIC`, and :func:`verify_database_wall`,
-which refuses to let the service run as a role that could bypass it.
+It also refuses Core statements and ``text()`` on tenant tables, which the ORM criteria
+cannot see. The database wall (row-level security) lives in :mod:`healthdb.internal.rls`.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 import sqlglot
-from sqlalchemy import Select, event, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Select, event
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import visitors
@@ -31,8 +29,8 @@ from sqlalchemy.sql.selectable import TableClause, TextualSelect
 from sqlglot import exp
 
 from healthdb.context import current_scope
-from healthdb.errors import ClinicContextRequired, UnsafeDatabaseRole, UnsafeStatement
-from healthdb.models.base import Base, Tenant, is_tenant
+from healthdb.errors import ClinicContextRequired, UnsafeStatement
+from healthdb.models.base import Base, Tenant, is_tenant, tenant_tables
 
 PESSIMISTIC = "healthdb_pessimistic"
 
@@ -228,105 +226,3 @@ def install(session_class: type[Session] = TenantSession) -> None:
         event.listen(session_class, "do_orm_execute", _scope_statement)
     if not event.contains(session_class, "before_flush", _stamp_new_rows):
         event.listen(session_class, "before_flush", _stamp_new_rows)
-
-
-# -- the database wall (PostgreSQL row-level security) ----------------------------------------
-
-CLINIC_SETTING = "app.clinic_id"
-RLS_POLICY = "clinic_isolation"
-
-#: Transaction-local (``is_local => true``): gone at COMMIT/ROLLBACK, so a pooled connection
-#: never carries a clinic outside the transaction that set it (and PgBouncer in transaction
-#: mode needs nothing more).
-SET_CLINIC = text(f"SELECT set_config('{CLINIC_SETTING}', :clinic_id, true)")
-
-
-def tenant_tables() -> tuple[str, ...]:
-    """Names of every tenant table (models mixing in :class:`Tenant`), sorted."""
-    return tuple(
-        sorted(
-            str(mapper.local_table.name)  # type: ignore[attr-defined]
-            for mapper in Base.registry.mappers
-            if is_tenant(mapper.class_)
-        )
-    )
-
-
-_ROLE = text(
-    "SELECT current_user AS name, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
-)
-
-_TABLES = text(
-    """
-    SELECT c.relname AS name,
-           pg_has_role(current_user, c.relowner, 'MEMBER') AS owned,
-           c.relrowsecurity AS enabled,
-           c.relforcerowsecurity AS forced,
-           EXISTS (
-               SELECT 1 FROM pg_policies p
-                WHERE p.schemaname = n.nspname AND p.tablename = c.relname
-                  AND p.policyname = :policy AND p.cmd = 'ALL'
-                  AND p.qual LIKE '%' || :setting || '%'
-                  AND p.with_check LIKE '%' || :setting || '%'
-           ) AS has_policy,
-           ARRAY(
-               SELECT p.policyname::text FROM pg_policies p
-                WHERE p.schemaname = n.nspname AND p.tablename = c.relname
-                  AND p.permissive = 'PERMISSIVE' AND p.policyname <> :policy
-                ORDER BY 1
-           ) AS other_permissive
-      FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
-       AND c.relname = ANY(:tables)
-     ORDER BY c.relname
-    """
-)
-
-_HINT = (
-    "; run the service as a role that owns nothing and has neither SUPERUSER nor BYPASSRLS "
-    "(`healthdb migrate` with HEALTHDB_ADMIN_DATABASE_URL naming the owner creates one from "
-    "HEALTHDB_DATABASE_URL)"
-)
-
-
-async def verify_database_wall(conn: AsyncConnection) -> None:
-    """Raise :class:`UnsafeDatabaseRole` unless row-level security binds this connection's role.
-
-    Refused: a SUPERUSER or BYPASSRLS role, a role that owns (or is a member of the owner of)
-    a tenant table, and a tenant table without ENABLE + FORCE ROW LEVEL SECURITY, without the
-    ``clinic_isolation`` policy on ``app.clinic_id``, or with another permissive policy (which
-    would widen it). Tenant tables that do not exist yet (an unmigrated database) are skipped:
-    they hold no rows, and readiness reports the missing migration.
-    """
-    role = (await conn.execute(_ROLE)).one()
-    if role.rolsuper:
-        raise UnsafeDatabaseRole(
-            f"database role {role.name!r} is a SUPERUSER, which bypasses row-level security" + _HINT
-        )
-    if role.rolbypassrls:
-        raise UnsafeDatabaseRole(
-            f"database role {role.name!r} has BYPASSRLS, which bypasses row-level security" + _HINT
-        )
-    params = {"policy": RLS_POLICY, "setting": CLINIC_SETTING, "tables": list(tenant_tables())}
-    for table in (await conn.execute(_TABLES, params)).all():
-        if table.owned:
-            raise UnsafeDatabaseRole(
-                f"database role {role.name!r} owns tenant table {table.name!r} (an owner can "
-                "turn row-level security off)" + _HINT
-            )
-        if not (table.enabled and table.forced):
-            raise UnsafeDatabaseRole(
-                f"tenant table {table.name!r} lacks ENABLE + FORCE ROW LEVEL SECURITY; "
-                "run `healthdb migrate`"
-            )
-        if not table.has_policy:
-            raise UnsafeDatabaseRole(
-                f"tenant table {table.name!r} lacks its {RLS_POLICY!r} row-level security "
-                f"policy on {CLINIC_SETTING}; run `healthdb migrate`"
-            )
-        if table.other_permissive:
-            raise UnsafeDatabaseRole(
-                f"tenant table {table.name!r} has other permissive row-level security "
-                f"policies ({', '.join(table.other_permissive)}) that widen {RLS_POLICY!r}"
-            )

@@ -86,3 +86,14 @@ def is_tenant(entity: object) -> bool:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def tenant_tables() -> tuple[str, ...]:
+    """Names of every tenant table (models mixing in :class:`Tenant`), sorted."""
+    return tuple(
+        sorted(
+            str(mapper.local_table.name)  # type: ignore[attr-defined]
+            for mapper in Base.registry.mappers
+            if is_tenant(mapper.class_)
+        )
+    )

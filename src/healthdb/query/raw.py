@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb.cache import table_tag
 from healthdb.errors import InvalidInput, UnsafeStatement
 from healthdb.internal import isolation, query_cache, sql_guard
+from healthdb.models.base import tenant_tables
 from healthdb.query.pipeline import Operation
 
 
@@ -39,7 +40,7 @@ def prepare(
     """Refuse what the guard refuses; on SQLite (no database wall) refuse tenant tables."""
     values = _values(params)
     checked = sql_guard.check(sql, dialect=dialect, read_only=read_only)
-    tenant = set(isolation.tenant_tables())
+    tenant = set(tenant_tables())
     if dialect != "postgresql" and checked.tables & tenant:
         raise UnsafeStatement("raw SQL on tenant tables needs the PostgreSQL database wall")
     statement = text(sql)

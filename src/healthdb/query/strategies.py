@@ -16,8 +16,9 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from healthdb.engine import Sessions
 from healthdb.errors import ConflictError, QueryTimeout
-from healthdb.internal.isolation import PESSIMISTIC, SET_CLINIC
+from healthdb.internal.isolation import PESSIMISTIC
 from healthdb.internal.query_cache import WRITTEN_TAGS
+from healthdb.internal.rls import SET_CLINIC
 from healthdb.query.options import LockMode, TransactionOptions, WriteStrategy
 from healthdb.query.pipeline import Call, CallKind
 
