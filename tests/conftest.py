@@ -21,6 +21,17 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("HEALTHDB_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+# Test-only PHI keys (never used outside this suite). Two keys, so rotation has somewhere to
+# go; t1 encrypts unless a test says otherwise.
+TEST_PHI_KEYS = {
+    "t1": "NEuxdWFKnuDT9cS8ysDubfZnnOC8FnzZu0CZrmXq_kM",
+    "t2": "gl6bDUsjhV7GZ89dbYSBe-HszXVt5gcCP5mwCpBrOUQ",
+}
+TEST_INDEX_KEY = "W3y1vJm0xq8c0mY2Qn1o9a7oX8tC5pQv0b6rT2sL4dE"
+os.environ.setdefault("HEALTHDB_PHI_KEYS", ",".join(f"{k}={v}" for k, v in TEST_PHI_KEYS.items()))
+os.environ.setdefault("HEALTHDB_PHI_ACTIVE_KEY", "t1")
+os.environ.setdefault("HEALTHDB_PHI_INDEX_KEY", TEST_INDEX_KEY)
+
 
 def _dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

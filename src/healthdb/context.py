@@ -40,6 +40,7 @@ class ClinicScope:
     role: Role = Role.RECEPTIONIST
     purpose: str = "operations"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    client_addr: str | None = None
 
 
 _scope: ContextVar[ClinicScope | None] = ContextVar("healthdb_clinic_scope", default=None)
@@ -78,6 +79,7 @@ def clinic_scope(
     role: Role | str | None = None,
     purpose: str = "operations",
     request_id: str | None = None,
+    client_addr: str | None = None,
 ) -> Iterator[ClinicScope]:
     """Enter a clinic scope for the enclosed block (nested scopes replace, then restore)."""
     scope = ClinicScope(
@@ -86,6 +88,7 @@ def clinic_scope(
         role=Role.parse(role),
         purpose=purpose,
         request_id=request_id or uuid.uuid4().hex,
+        client_addr=None if client_addr is None else client_addr[:64],
     )
     token = _scope.set(scope)
     try:

@@ -53,6 +53,8 @@ def create_engine(
             pool_recycle=settings.pool_recycle,
             pool_pre_ping=settings.pool_pre_ping,
             echo=settings.echo_sql,
+            # SQL parameters are PHI: never in logs, nor in the text of an exception.
+            hide_parameters=True,
             connect_args=_postgres_connect_args(settings),
         )
     else:
@@ -64,6 +66,8 @@ def create_engine(
             pool_recycle=settings.pool_recycle,
             pool_pre_ping=settings.pool_pre_ping,
             echo=settings.echo_sql,
+            # SQL parameters are PHI: never in logs, nor in the text of an exception.
+            hide_parameters=True,
         )
         _configure_sqlite(engine, settings)
     return engine

@@ -109,3 +109,29 @@ class RateLimited(HealthdbError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EncryptionError(HealthdbError):
+    """Encrypted PHI could not be sealed or opened: a bad key, a malformed or tampered value,
+    or an attempt to store a masked value. Never carries the value."""
+
+    code = "encryption_error"
+
+
+class EncryptionKeyMissing(EncryptionError):
+    """No keyring is configured for this call, or a stored value names a key it lacks."""
+
+    code = "encryption_key_missing"
+
+
+class AuditWriteFailed(HealthdbError):
+    """The audit row of a PHI access could not be written, so the access is refused: the
+    transaction is rolled back and a read returns nothing."""
+
+    code = "audit_write_failed"
+
+
+class PhiNotCacheable(HealthdbError):
+    """A cached read loaded PHI. Every PHI read is audited, so PHI never enters the cache."""
+
+    code = "phi_not_cacheable"

@@ -27,7 +27,7 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
 )
 from healthdb.health import HealthReport, PoolStatus
-from healthdb.internal import isolation, query_cache, rls
+from healthdb.internal import isolation, phi_access, query_cache, rls
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
@@ -36,6 +36,8 @@ from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
 from healthdb.internal.retry import retrying, translate
 from healthdb.models.base import is_tenant
 from healthdb.models.clinic import Clinic
+from healthdb.phi.crypto import Keyring, using_keyring
+from healthdb.phi.keys import keyring_for
 from healthdb.query import batch, middleware, raw
 from healthdb.query.batch import BatchResult
 from healthdb.query.options import LockMode, QueryOptions, TransactionOptions
@@ -63,8 +65,10 @@ class DatabaseService:
         bus: InvalidationBus | None = None,
         middleware_steps: Sequence[Middleware] | None = None,
         rate_limiter: ClinicRateLimiter | None = None,
+        keyring: Keyring,
     ) -> None:
         self.settings = settings
+        self.keyring = keyring
         self.engines = engines
         self.cache = cache
         self.metrics = metrics
@@ -73,6 +77,7 @@ class DatabaseService:
         self.rate_limiter = rate_limiter or _rate_limiter(settings, metrics, self._rate_override)
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
+        phi_access.install(isolation.TenantSession)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
         self._critical_sessions = Sessions.for_engine(
             engines.critical, session_class=isolation.TenantSession
@@ -93,6 +98,7 @@ class DatabaseService:
 
     @classmethod
     async def _open(cls, settings: Settings) -> DatabaseService:
+        keyring = keyring_for(settings)  # before any pool opens: no keys, no service
         engines = create_engines(settings)
         metrics = QueryMetrics()
         slow_log = SlowQueryLog(
@@ -113,6 +119,7 @@ class DatabaseService:
             metrics=metrics,
             slow_log=slow_log,
             bus=bus,
+            keyring=keyring,
         )
         try:
             await db.ping()
@@ -158,13 +165,19 @@ class DatabaseService:
         role: Role | str | None = None,
         purpose: str = "operations",
         request_id: str | None = None,
+        client_addr: str | None = None,
     ) -> AbstractAsyncContextManager[ClinicScope]:
         """``async with db.clinic(cid, actor=..., role=...)``: scope the enclosed calls."""
 
         @asynccontextmanager
         async def scoped() -> AsyncIterator[ClinicScope]:
             with clinic_scope(
-                clinic_id, actor=actor, role=role, purpose=purpose, request_id=request_id
+                clinic_id,
+                actor=actor,
+                role=role,
+                purpose=purpose,
+                request_id=request_id,
+                client_addr=client_addr,
             ) as scope:
                 yield scope
 
@@ -344,7 +357,8 @@ class DatabaseService:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._handle(call)
+            with using_keyring(self.keyring):
+                return await self._handle(call)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

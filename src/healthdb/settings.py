@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     slow_query_log_size: int = Field(100, ge=1)
 
     echo_sql: bool = False
+
+    # Encryption at rest (healthdb.phi.crypto). ``phi_keys``: "id=base64key,id2=base64key";
+    # the active (encrypting) key is ``phi_active_key`` or the first listed. Without keys, a
+    # SQLite file database keeps a generated keyring in ``phi_key_file`` (default: next to
+    # the database, mode 0600); PostgreSQL refuses to start without configured keys.
+    phi_keys: SecretStr | None = None
+    phi_active_key: str | None = None
+    phi_index_key: SecretStr | None = None
+    phi_key_file: str | None = None
     # PostgreSQL: refuse to start unless the runtime role is subject to row-level security
     # (not SUPERUSER, no BYPASSRLS, owns no tenant table) and every tenant table has forced
     # RLS and its clinic policy. Only a deliberately privileged tool turns this off.

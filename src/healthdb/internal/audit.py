@@ -42,6 +42,7 @@ __all__ = [
     "BadRow",
     "VerifyResult",
     "append",
+    "append_many",
     "clinic_lock_key",
     "row_hash",
     "verify",
@@ -129,8 +130,13 @@ async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
     sealed. Call it in a write transaction (SQLite: ``BEGIN IMMEDIATE``, as the facade's
     writes are), so that concurrent appends to one clinic queue instead of colliding.
     """
-    scope = current_scope()
+    (sealed,) = await append_many(session, [event])
+    return sealed
+
+
+def _prepare(event: AuditEvent) -> uuid.UUID:
     if event.clinic_id is None:
+        scope = current_scope()
         if scope is None:
             raise ClinicContextRequired("an audit event needs a clinic: set clinic_id or a scope")
         event.clinic_id = scope.clinic_id
@@ -144,24 +150,36 @@ async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
         event.phi_fields = []
     if event.outcome is None:
         event.outcome = "success"
-    clinic_id = event.clinic_id
+    return event.clinic_id
 
-    if _is_postgres(session):
-        await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id))))
-    last = (
-        await session.execute(
-            select(AuditEvent.seq, AuditEvent.row_hash)
-            .where(AuditEvent.clinic_id == clinic_id, AuditEvent.seq.is_not(None))
-            .order_by(AuditEvent.seq.desc())
-            .limit(1)
-        )
-    ).first()
-    event.seq = 1 if last is None else int(last.seq) + 1
-    event.prev_hash = GENESIS_HASH if last is None else (last.row_hash or GENESIS_HASH)
-    event.row_hash = row_hash({name: getattr(event, name) for name in _SEALED})
-    session.add(event)
+
+async def append_many(session: AsyncSession, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+    """:func:`append` for several events: one lock and one chain-head read per clinic."""
+    by_clinic: dict[uuid.UUID, list[AuditEvent]] = {}
+    for event in events:
+        by_clinic.setdefault(_prepare(event), []).append(event)
+    postgres = _is_postgres(session)
+    for clinic_id, chain in by_clinic.items():
+        if postgres:
+            await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id))))
+        last = (
+            await session.execute(
+                select(AuditEvent.seq, AuditEvent.row_hash)
+                .where(AuditEvent.clinic_id == clinic_id, AuditEvent.seq.is_not(None))
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        seq = 0 if last is None else int(last.seq)
+        prev = GENESIS_HASH if last is None else (last.row_hash or GENESIS_HASH)
+        for event in chain:
+            seq += 1
+            event.seq = seq
+            event.prev_hash = prev
+            event.row_hash = prev = row_hash({name: getattr(event, name) for name in _SEALED})
+    session.add_all(events)
     await session.flush()
-    return event
+    return list(events)
 
 
 _COLUMNS = tuple(getattr(AuditEvent, name) for name in (*_SEALED, "row_hash"))

@@ -50,6 +50,9 @@ def translate(exc: BaseException) -> errors.HealthdbError:
     """Map a SQLAlchemy/driver exception to the library hierarchy, with no values in it."""
     if isinstance(exc, errors.HealthdbError):
         return exc
+    if isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, errors.HealthdbError):
+        # Raised by one of our column types (encryption) while binding or reading a value.
+        return exc.orig
     if isinstance(exc, sa_exc.TimeoutError):
         return errors.PoolTimeout("no database connection became free in time", retry_after=1.0)
     if isinstance(exc, StaleDataError):

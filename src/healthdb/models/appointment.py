@@ -10,6 +10,7 @@ from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, Integer, St
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
+from healthdb.phi.declaration import PhiKind, phi
 
 if TYPE_CHECKING:
     from healthdb.models.patient import Patient
@@ -33,7 +34,9 @@ class Appointment(Tenant, Timestamped, Base):
     start_at: Mapped[dt.datetime] = mapped_column()
     end_at: Mapped[dt.datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="booked")
-    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    reason: Mapped[str | None] = mapped_column(
+        String(500), default=None, info=phi(PhiKind.CLINICAL_NOTE)
+    )
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     # Read-side relationships. The join includes clinic_id (the composite foreign keys), so a

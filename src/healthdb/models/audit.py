@@ -9,6 +9,7 @@ from sqlalchemy import JSON, BigInteger, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthdb.models.base import Base, Tenant, new_id, utcnow
+from healthdb.phi.declaration import not_phi
 
 
 class AuditEvent(Tenant, Base):
@@ -33,6 +34,10 @@ class AuditEvent(Tenant, Base):
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
     client_addr: Mapped[str | None] = mapped_column(String(64), default=None)
-    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    reason: Mapped[str | None] = mapped_column(
+        String(500),
+        default=None,
+        info=not_phi("staff's break-glass justification; redacted from logs, shown to admins"),
+    )
     prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     row_hash: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -10,6 +10,7 @@ from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
+from healthdb.phi.declaration import not_phi
 
 if TYPE_CHECKING:
     from healthdb.models.appointment import Appointment
@@ -23,9 +24,13 @@ class User(Tenant, Timestamped, Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    email: Mapped[str] = mapped_column(
+        String(320), unique=True, info=not_phi("a staff member's work login, not a patient's")
+    )
     password_hash: Mapped[str] = mapped_column(String(255))
-    full_name: Mapped[str] = mapped_column(String(200))
+    full_name: Mapped[str] = mapped_column(
+        String(200), info=not_phi("a staff member's name, not a patient's")
+    )
     role: Mapped[str] = mapped_column(String(32))
     active: Mapped[bool] = mapped_column(default=True)
 
@@ -53,7 +58,9 @@ class UserLogin(Base):
         ),
     )
 
-    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    email: Mapped[str] = mapped_column(
+        String(320), primary_key=True, info=not_phi("a staff member's work login")
+    )
     user_id: Mapped[uuid.UUID] = mapped_column(unique=True)
     clinic_id: Mapped[uuid.UUID] = mapped_column()
 

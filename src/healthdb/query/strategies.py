@@ -12,14 +12,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from healthdb.engine import Sessions
-from healthdb.errors import ConflictError, QueryTimeout
+from healthdb.errors import AuditWriteFailed, ConflictError, PhiNotCacheable, QueryTimeout
+from healthdb.internal import audit, phi_access
 from healthdb.internal.isolation import PESSIMISTIC
+from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import WRITTEN_TAGS
+from healthdb.internal.retry import is_transient
 from healthdb.internal.rls import SET_CLINIC
-from healthdb.query.options import LockMode, TransactionOptions, WriteStrategy
+from healthdb.query.options import (
+    LockMode,
+    QueryOptions,
+    ReadStrategy,
+    TransactionOptions,
+    WriteStrategy,
+)
 from healthdb.query.pipeline import Call, CallKind
 
 OnCommit = Callable[[set[str]], Awaitable[None]]
@@ -27,9 +37,10 @@ OnCommit = Callable[[set[str]], Awaitable[None]]
 
 def _is_read_only(call: Call) -> bool:
     options = call.options
-    return call.kind is CallKind.READ or (
-        isinstance(options, TransactionOptions) and options.is_read_only
-    )
+    if isinstance(options, TransactionOptions):
+        return options.is_read_only
+    # A PHI read writes its audit rows in its own transaction, so it cannot be read-only.
+    return call.kind is CallKind.READ and not options.phi
 
 
 async def unit_of_work(
@@ -42,7 +53,8 @@ async def unit_of_work(
 ) -> Any:
     """Run ``call.operation`` in one transaction and commit; invalidate after commit."""
     options = call.options
-    factory = sessions.read if _is_read_only(call) else sessions.write
+    read_only = _is_read_only(call)
+    factory = sessions.read if read_only else sessions.write
     async with factory() as session:
         if isinstance(options, TransactionOptions):
             if options.lock is LockMode.PESSIMISTIC:
@@ -53,20 +65,72 @@ async def unit_of_work(
         elif postgres and options.write_strategy is WriteStrategy.BATCH:
             await session.execute(_SET_LOCAL_TIMEOUT, {"ms": str(batch_statement_timeout_ms)})
         if postgres and call.scope is not None:
-            # The database wall: row-level security sees this clinic, for this transaction
-            # only. Without a scope nothing is set and RLS shows no tenant rows at all.
-            conn = await session.connection()
-            await conn.execute(SET_CLINIC, {"clinic_id": str(call.scope.clinic_id)})
+            await _set_clinic(session, call)
         try:
             async with asyncio.timeout(options.timeout):
                 result = await call.operation(session)
+                records = await _accesses(session, call)
+                if records and not read_only:
+                    await _audit(session, call, records)
                 await session.commit()
+                if records and read_only:
+                    await _audit_apart(sessions, call, records, postgres=postgres)
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
         tags = session.sync_session.info.get(WRITTEN_TAGS)
         if tags:
             await on_commit(set(tags))
+        if call.scope is not None:
+            phi_access.mask_touched(session.sync_session, call.scope)
         return result
+
+
+async def _set_clinic(session: AsyncSession, call: Call) -> None:
+    # The database wall: row-level security sees this clinic, for this transaction only.
+    # Without a scope nothing is set and RLS shows no tenant rows at all.
+    assert call.scope is not None
+    conn = await session.connection()
+    await conn.execute(SET_CLINIC, {"clinic_id": str(call.scope.clinic_id)})
+
+
+async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
+    """Flush, then take what the unit touched that must be audited."""
+    await session.flush()
+    records = phi_access.take_pending(session.sync_session)
+    options = call.options
+    cached = isinstance(options, QueryOptions) and options.read_strategy is ReadStrategy.CACHED
+    if records and cached:
+        raise PhiNotCacheable(
+            "this cached read loaded PHI; PHI reads are audited one by one and never cached"
+        )
+    if call.kind is CallKind.CRITICAL:
+        records.insert(0, Access("emergency.access", "emergency_lane", None, ()))
+    return records
+
+
+async def _audit(session: AsyncSession, call: Call, records: list[Access]) -> None:
+    """Write the audit rows in the unit's own transaction: no row, no commit."""
+    if call.scope is None:
+        raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
+    events = phi_access.audit_events(records, call.scope, reason=call.reason)
+    try:
+        await audit.append_many(session, events)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # a serialization failure or a busy SQLite: the whole unit is re-run
+        raise AuditWriteFailed("the audit trail could not be written; access refused") from exc
+
+
+async def _audit_apart(
+    sessions: Sessions, call: Call, records: list[Access], *, postgres: bool
+) -> None:
+    """A read-only unit's audit rows, in a write transaction right after it. The caller gets
+    the result only once they are committed."""
+    async with sessions.write() as session:
+        if postgres and call.scope is not None:
+            await _set_clinic(session, call)
+        await _audit(session, call, records)
+        await session.commit()
 
 
 _SET_LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
