@@ -697,7 +697,9 @@ async def attempt(
             key = keys.custom(t.clinic, f"proof-{t.kind}", t.id, tables=[model.__tablename__])
 
             async def get(s: AsyncSession) -> Outcome:
-                return await op_get(s, t, w, acting)
+                # Ids only: a cached read that loads PHI is refused (PHI is never cached).
+                ids = (await s.scalars(select(model.id).where(model.id == t.id))).all()
+                return Outcome([], list(ids))
 
             async with db.clinic(t.clinic, role="clinic_admin"):
                 warm = await db.execute_read(get, QueryOptions.for_read().cached(key, ttl=60))

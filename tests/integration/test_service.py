@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb import keys
 from healthdb.context import Role, current_scope
 from healthdb.errors import (
+    PhiNotCacheable,
     ClinicContextRequired,
     ConflictError,
     DatabaseError,
@@ -208,6 +209,28 @@ async def test_execute_with_clinic_context_sets_the_scope(
 
 
 # -- cached reads ---------------------------------------------------------------------
+# PHI is never cached (every PHI read is audited), so these cache a patient's version: a
+# bare non-PHI column that every committed write bumps.
+
+
+async def patient_version(session: AsyncSession, pid: uuid.UUID) -> int | None:
+    stmt = select(Patient.version).where(Patient.id == pid)
+    version: int | None = (await session.execute(stmt)).scalar_one_or_none()
+    return version
+
+
+async def test_a_cached_read_that_loads_phi_is_refused_and_not_cached(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic = await make_clinic()
+    pid = await make_patient(clinic, notes="v1")
+    options = QueryOptions.for_read("patient.notes").cached(keys.for_patient(clinic, pid))
+    async with db.clinic(clinic, role="doctor"):
+        for _ in range(2):
+            with pytest.raises(PhiNotCacheable):
+                await db.execute_read(get_patient(pid), options)
+        assert len(db.cache.store) == 0
+
 
 
 async def test_cached_reads_hit_and_committed_writes_invalidate(
@@ -218,23 +241,22 @@ async def test_cached_reads_hit_and_committed_writes_invalidate(
     options = QueryOptions.for_read("patient.notes").cached(keys.for_patient(clinic, pid))
     loads = 0
 
-    async def read_notes(session: AsyncSession) -> str | None:
+    async def read_notes(session: AsyncSession) -> int | None:
         nonlocal loads
         loads += 1
-        patient = await session.get(Patient, pid)
-        return patient.notes if patient else None
+        return await patient_version(session, pid)
 
     async with db.clinic(clinic, role="doctor"):
-        assert await db.execute_read(read_notes, options) == "v1"
+        assert await db.execute_read(read_notes, options) == 1
         hits = db.cache.store.hits
-        assert await db.execute_read(read_notes, options) == "v1"
+        assert await db.execute_read(read_notes, options) == 1
         assert loads == 1
         assert db.cache.store.hits == hits + 1
         assert sample(db, "healthdb_cache_requests_total", result="hit") == 1
         assert sample(db, "healthdb_cache_requests_total", result="miss") == 1
 
         await db.execute_write(set_notes(pid, "v2"))
-        assert await db.execute_read(read_notes, options) == "v2"
+        assert await db.execute_read(read_notes, options) == 2
         assert loads == 2
 
         async def failing_write(session: AsyncSession) -> None:
@@ -244,7 +266,7 @@ async def test_cached_reads_hit_and_committed_writes_invalidate(
 
         with pytest.raises(RuntimeError):
             await db.execute_write(failing_write)
-        assert await db.execute_read(read_notes, options) == "v2"
+        assert await db.execute_read(read_notes, options) == 2
         assert loads == 2  # still a hit: a rolled-back write evicts nothing
         patient = await db.execute_read(get_patient(pid))  # uncached: the database agrees
         assert patient is not None
@@ -259,25 +281,23 @@ async def test_a_read_racing_a_write_does_not_cache_the_stale_value(
     options = QueryOptions.for_read("patient.race").cached(keys.for_patient(clinic, pid))
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def slow_read(session: AsyncSession) -> str | None:
-        patient = await session.get(Patient, pid)
-        notes = patient.notes if patient else None
+    async def slow_read(session: AsyncSession) -> int | None:
+        version = await patient_version(session, pid)
         started.set()
         await release.wait()
-        return notes
+        return version
 
-    async def read_notes(session: AsyncSession) -> str | None:
-        patient = await session.get(Patient, pid)
-        return patient.notes if patient else None
+    async def read_notes(session: AsyncSession) -> int | None:
+        return await patient_version(session, pid)
 
     async with db.clinic(clinic, role="doctor"):
         reader = asyncio.create_task(db.execute_read(slow_read, options))
         await asyncio.wait_for(started.wait(), 5)
         await db.execute_write(set_notes(pid, "new"))
         release.set()
-        assert await reader == "old"  # it read before the commit: fine to return
-        assert await db.execute_read(read_notes, options) == "new"
-        assert await db.execute_read(read_notes, options) == "new"
+        assert await reader == 1  # it read before the commit: fine to return
+        assert await db.execute_read(read_notes, options) == 2
+        assert await db.execute_read(read_notes, options) == 2
 
 
 async def test_cache_is_partitioned_by_clinic_and_role(
@@ -288,21 +308,20 @@ async def test_cache_is_partitioned_by_clinic_and_role(
     options = QueryOptions.for_read("patient.part").cached(keys.for_patient(a, pid))
     loads: list[tuple[uuid.UUID, str]] = []
 
-    async def read_notes(session: AsyncSession) -> str | None:
+    async def read_notes(session: AsyncSession) -> int | None:
         scope = current_scope()
         assert scope is not None
         loads.append((scope.clinic_id, scope.role.value))
-        patient = await session.get(Patient, pid)
-        return patient.notes if patient else None
+        return await patient_version(session, pid)
 
     async with db.clinic(a, role="doctor"):
-        assert await db.execute_read(read_notes, options) == "secret"
+        assert await db.execute_read(read_notes, options) == 1
     async with db.clinic(a, role="receptionist"):
-        assert await db.execute_read(read_notes, options) == "secret"
+        assert await db.execute_read(read_notes, options) == 1
     async with db.clinic(b, role="doctor"):
         assert await db.execute_read(read_notes, options) is None  # not A's cached value
     async with db.clinic(a, role="doctor"):
-        assert await db.execute_read(read_notes, options) == "secret"  # a hit
+        assert await db.execute_read(read_notes, options) == 1  # a hit
     assert loads == [(a, "doctor"), (a, "receptionist"), (b, "doctor")]
 
 
@@ -314,18 +333,17 @@ async def test_a_write_in_another_clinic_does_not_invalidate(
     options = QueryOptions.for_read("patient.other").cached(keys.for_patient(a, pa))
     loads = 0
 
-    async def read_notes(session: AsyncSession) -> str | None:
+    async def read_notes(session: AsyncSession) -> int | None:
         nonlocal loads
         loads += 1
-        patient = await session.get(Patient, pa)
-        return patient.notes if patient else None
+        return await patient_version(session, pa)
 
     async with db.clinic(a):
         await db.execute_read(read_notes, options)
     async with db.clinic(b):
         await db.execute_write(set_notes(pb, "b2"))
     async with db.clinic(a):
-        assert await db.execute_read(read_notes, options) == "a1"
+        assert await db.execute_read(read_notes, options) == 1
     assert loads == 1
 
 
@@ -404,7 +422,7 @@ async def test_optimistic_concurrent_updates_both_succeed(
 
         return op
 
-    async with db.clinic(clinic):
+    async with db.clinic(clinic, role="doctor"):
         await asyncio.gather(
             db.execute_transaction(append("a"), TransactionOptions.optimistic()),
             db.execute_transaction(append("b"), TransactionOptions.optimistic()),
@@ -479,7 +497,7 @@ async def test_optimistic_conflict_is_retried_then_reported(
 
         return op
 
-    async with db.clinic(clinic):
+    async with db.clinic(clinic, role="doctor"):
         with pytest.raises(ConflictError):
             await db.execute_transaction(
                 interfering(99), TransactionOptions.optimistic(max_retries=0)
@@ -514,7 +532,7 @@ async def test_pessimistic_read_modify_write_loses_no_update(
         await asyncio.sleep(0)  # give the others every chance to interleave
         patient.notes = current + "x"
 
-    async with db.clinic(clinic):
+    async with db.clinic(clinic, role="doctor"):
         await asyncio.gather(
             *(
                 db.execute_transaction(append, TransactionOptions.pessimistic())
@@ -941,7 +959,7 @@ async def test_health_and_metrics_summary(
     options = QueryOptions.for_read("patient.get").cached(keys.for_patient(clinic, pid))
     async with db.clinic(clinic):
         for _ in range(4):
-            await db.execute_read(get_patient(pid), options)
+            await db.execute_read(lambda session: patient_version(session, pid), options)
         with pytest.raises(RuntimeError):
             await db.execute_write(_raise_runtime_error, QueryOptions.for_write("boom"))
     summary = db.metrics_summary()

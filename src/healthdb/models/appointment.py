@@ -35,7 +35,7 @@ class Appointment(Tenant, Timestamped, Base):
     end_at: Mapped[dt.datetime] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="booked")
     reason: Mapped[str | None] = mapped_column(
-        String(500), default=None, info=phi(PhiKind.CLINICAL_NOTE)
+        String(500), default=None, info=phi(PhiKind.VISIT_REASON)
     )
     version: Mapped[int] = mapped_column(Integer, default=1)
 

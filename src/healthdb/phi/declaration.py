@@ -40,6 +40,7 @@ class PhiKind(enum.StrEnum):
     ADDRESS = "address"
     MRN = "mrn"
     DEMOGRAPHIC = "demographic"
+    VISIT_REASON = "visit_reason"
     CLINICAL_NOTE = "clinical_note"
 
 

@@ -9,6 +9,7 @@ name           full          full    full   full
 mrn            full          full    full   full
 dob            full          full    full   full
 demographic    full          full    full   full
+visit_reason   full          full    full   full
 phone          full          full    full   full
 email          full          full    full   full
 address        full          full    full   full
@@ -60,6 +61,7 @@ _EVERYONE_FULL = frozenset(
         PhiKind.PHONE,
         PhiKind.EMAIL,
         PhiKind.ADDRESS,
+        PhiKind.VISIT_REASON,
     }
 )
 

@@ -113,6 +113,9 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access]) -> No
     if call.scope is None:
         raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
     events = phi_access.audit_events(records, call.scope, reason=call.reason)
+    # The op is done: its row locks stay, but the chain-head read must not take FOR UPDATE
+    # (the runtime role may only SELECT and INSERT audit rows).
+    session.sync_session.info.pop(PESSIMISTIC, None)
     try:
         await audit.append_many(session, events)
     except Exception as exc:
