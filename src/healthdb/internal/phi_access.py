@@ -83,10 +83,11 @@ def _touched(session: Session) -> list[Any]:
 
 
 def _resource_id(instance: Any) -> str | None:
-    identity = inspect(instance).identity
-    if not identity:
+    # From the attributes, not the identity key: a new row has none yet in after_flush.
+    key = inspect(instance).mapper.primary_key_from_instance(instance)
+    if not key or any(part is None for part in key):
         return None
-    return str(identity[0]) if len(identity) == 1 else ":".join(map(str, identity))
+    return str(key[0]) if len(key) == 1 else ":".join(map(str, key))
 
 
 def _on_load(session: Session, instance: Any) -> None:

@@ -1,0 +1,318 @@
+"""Every touch of PHI is audited in its own transaction, masked for the caller's role, and
+stored encrypted where most sensitive — proven on both backends through the facade.
+
+Audit failures are real database refusals: a trigger created by the owner for one test
+clinic raises on every INSERT into ``audit_events`` for that clinic only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from healthdb import QueryOptions
+from healthdb.engine import create_engine
+from healthdb.errors import AuditWriteFailed, EncryptionError, InvalidInput
+from healthdb.internal import audit
+from healthdb.models import AuditEvent, Patient
+from healthdb.phi import MaskedValue
+from healthdb.phi.keys import keyring_for
+from healthdb.service import DatabaseService
+from healthdb.settings import Settings
+from tests.integration.conftest import MakeClinic, MakePatient
+
+SSN = "123-45-6789"
+NOTES = "suspected arrhythmia"
+RefuseAudit = Callable[[uuid.UUID], Awaitable[None]]
+
+
+@pytest.fixture
+def owner_url(migrated_url: str, request: pytest.FixtureRequest) -> str:
+    if migrated_url.startswith("postgresql"):
+        return str(request.getfixturevalue("pg_admin_migrated_url"))
+    return migrated_url
+
+
+async def owner_execute(owner_url: str, sql: str, **params: Any) -> list[Any]:
+    settings = Settings(database_url=owner_url)
+    engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def refuse_audit(owner_url: str) -> AsyncIterator[RefuseAudit]:
+    """``await refuse_audit(clinic)``: the database refuses that clinic's audit rows."""
+    created: list[str] = []
+    postgres = owner_url.startswith("postgresql")
+
+    async def refuse(clinic: uuid.UUID) -> None:
+        name = f"refuse_audit_{clinic.hex[:12]}"
+        if postgres:
+            await owner_execute(
+                owner_url,
+                "CREATE OR REPLACE FUNCTION hdb_test_refuse_audit() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit refused (test)'; END $$",
+            )
+            await owner_execute(
+                owner_url,
+                f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events FOR EACH ROW "
+                f"WHEN (NEW.clinic_id = '{clinic}') EXECUTE FUNCTION hdb_test_refuse_audit()",
+            )
+        else:
+            await owner_execute(
+                owner_url,
+                f"CREATE TRIGGER {name} BEFORE INSERT ON audit_events "
+                f"WHEN NEW.clinic_id = '{clinic.hex}' "
+                "BEGIN SELECT RAISE(ABORT, 'audit refused (test)'); END",
+            )
+        created.append(name)
+
+    yield refuse
+    for name in created:
+        on = " ON audit_events" if postgres else ""
+        await owner_execute(owner_url, f"DROP TRIGGER {name}{on}")
+
+
+async def audit_rows(db: DatabaseService, clinic: uuid.UUID) -> list[AuditEvent]:
+    async def op(session: AsyncSession) -> list[AuditEvent]:
+        stmt = select(AuditEvent).where(AuditEvent.clinic_id == clinic).order_by(AuditEvent.seq)
+        return list((await session.scalars(stmt)).all())
+
+    async with db.clinic(clinic, role="clinic_admin"):
+        return await db.execute_read(op)
+
+
+def get(pid: uuid.UUID) -> Callable[[AsyncSession], Awaitable[Patient | None]]:
+    async def op(session: AsyncSession) -> Patient | None:
+        return await session.get(Patient, pid)
+
+    return op
+
+
+async def patient(make_clinic: MakeClinic, make_patient: MakePatient) -> tuple[uuid.UUID, ...]:
+    clinic = await make_clinic()
+    return clinic, await make_patient(clinic, ssn=SSN, notes=NOTES, phone="+14155550123")
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [None, QueryOptions.for_phi("patients.get")])
+async def test_every_read_is_audited_with_who_why_and_which_fields(
+    db: DatabaseService,
+    make_clinic: MakeClinic,
+    make_patient: MakePatient,
+    options: QueryOptions | None,
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    actor = uuid.uuid4()
+    async with db.clinic(
+        clinic,
+        actor=actor,
+        role="doctor",
+        purpose="treatment",
+        request_id="req-42",
+        client_addr="203.0.113.9",
+    ):
+        found = await db.execute_read(get(pid), options)
+    assert found is not None
+    assert found.ssn == SSN
+    assert found.notes == NOTES
+    reads = [e for e in await audit_rows(db, clinic) if e.action.startswith("phi.read")]
+    assert len(reads) == 1
+    event = reads[0]
+    assert event.action == "phi.read"
+    assert (event.actor_id, event.actor_role) == (actor, "doctor")
+    assert (event.purpose, event.request_id, event.client_addr) == (
+        "treatment",
+        "req-42",
+        "203.0.113.9",
+    )
+    assert (event.resource_type, event.resource_id) == ("patients", str(pid))
+    assert {"ssn", "notes", "given_name", "date_of_birth"} <= set(event.phi_fields)
+    assert SSN not in repr(vars(event))
+    assert NOTES not in repr(vars(event))
+
+
+async def test_a_receptionist_gets_masked_values_and_the_access_is_audited_as_masked(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    async with db.clinic(clinic, role="receptionist"):
+        found = await db.execute_read(get(pid), QueryOptions.for_phi())
+    assert found is not None
+    assert found.ssn == "***-**-6789"
+    assert isinstance(found.ssn, MaskedValue)
+    assert found.notes is None
+    assert found.phone == "+14155550123"
+    actions = [e.action for e in await audit_rows(db, clinic)]
+    assert actions[-1] == "phi.read_masked"
+
+
+async def test_a_masked_value_is_never_written_back(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    async with db.clinic(clinic, role="nurse"):
+        masked = await db.execute_read(get(pid))
+    assert masked is not None
+    assert masked.ssn == "***-**-6789"
+
+    async def write_back(session: AsyncSession) -> None:
+        await session.merge(masked)
+
+    async with db.clinic(clinic, role="doctor"):
+        with pytest.raises((InvalidInput, EncryptionError)):
+            await db.execute_write(write_back)
+        again = await db.execute_read(get(pid))
+    assert again is not None
+    assert again.ssn == SSN
+
+
+async def test_a_bare_phi_column_select_is_audited(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, _pid = await patient(make_clinic, make_patient)
+
+    async def ssns(session: AsyncSession) -> list[str | None]:
+        return list((await session.scalars(select(Patient.ssn))).all())
+
+    async with db.clinic(clinic, role="doctor"):
+        assert await db.execute_read(ssns) == [SSN]
+    last = (await audit_rows(db, clinic))[-1]
+    assert (last.action, last.resource_id, last.phi_fields) == ("phi.read", None, ["ssn"])
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+async def test_create_update_and_delete_are_audited_with_the_fields_written(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+
+    async def edit(session: AsyncSession) -> None:
+        found = await session.get(Patient, pid)
+        assert found is not None
+        found.notes = "revised"
+        found.phone = None
+
+    async def soft_delete(session: AsyncSession) -> None:
+        from healthdb.models.base import utcnow
+
+        found = await session.get(Patient, pid)
+        assert found is not None
+        found.deleted_at = utcnow()
+
+    async with db.clinic(clinic, role="doctor"):
+        await db.execute_write(edit)
+        await db.execute_write(soft_delete)
+    events = await audit_rows(db, clinic)
+    writes = [(e.action, e.phi_fields) for e in events if not e.action.startswith("phi.read")]
+    created = writes[0]
+    assert created[0] == "phi.create"
+    assert {"ssn", "notes", "phone", "mrn"} <= set(created[1])
+    assert writes[1:] == [("phi.update", ["notes", "phone"]), ("phi.delete", [])]
+    assert [e.resource_id for e in events] == [str(pid)] * len(events)
+
+
+async def test_emergency_use_is_audited_with_its_reason(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    async with db.clinic(clinic, role="doctor"):
+        await db.execute_critical(get(pid), reason="unconscious patient in ER")
+    actions = [(e.action, e.reason) for e in await audit_rows(db, clinic)]
+    assert ("emergency.access", "unconscious patient in ER") in actions
+    assert ("phi.read", "unconscious patient in ER") in actions
+
+
+# -- no audit row, no access ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [None, QueryOptions.for_phi("patients.get")])
+async def test_a_read_whose_audit_row_cannot_be_written_returns_nothing(
+    db: DatabaseService,
+    make_clinic: MakeClinic,
+    make_patient: MakePatient,
+    refuse_audit: RefuseAudit,
+    options: QueryOptions | None,
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    await refuse_audit(clinic)
+    async with db.clinic(clinic, role="doctor"):
+        with pytest.raises(AuditWriteFailed):
+            await db.execute_read(get(pid), options)
+
+
+async def test_a_write_whose_audit_row_cannot_be_written_is_rolled_back(
+    db: DatabaseService,
+    make_clinic: MakeClinic,
+    make_patient: MakePatient,
+    refuse_audit: RefuseAudit,
+    owner_url: str,
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    before = await audit_rows(db, clinic)
+    await refuse_audit(clinic)
+
+    async def edit(session: AsyncSession) -> None:
+        found = await session.get(Patient, pid)
+        assert found is not None
+        found.notes = "never committed"
+
+    async with db.clinic(clinic, role="doctor"):
+        with pytest.raises(AuditWriteFailed):
+            await db.execute_write(edit)
+    rows = await owner_execute(
+        owner_url, "SELECT notes, version FROM patients WHERE id = :id", id=_db_id(owner_url, pid)
+    )
+    assert [tuple(r) for r in rows] == [(NOTES, 1)]
+    assert len(before) == 1  # the create, and nothing since
+
+
+# -- encryption at rest --------------------------------------------------------------------
+
+
+def _db_id(url: str, value: uuid.UUID) -> str:
+    return str(value) if url.startswith("postgresql") else value.hex
+
+
+async def test_the_ssn_is_stored_encrypted_with_its_key_id_and_a_blind_index(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient, owner_url: str
+) -> None:
+    _clinic, pid = await patient(make_clinic, make_patient)
+    rows = await owner_execute(
+        owner_url, "SELECT ssn, ssn_index FROM patients WHERE id = :id", id=_db_id(owner_url, pid)
+    )
+    token, index = rows[0]
+    assert token.startswith(f"v1.{db.keyring.active}.")
+    assert "6789" not in token
+    assert SSN not in token
+    assert index == keyring_for(db.settings).blind_index("123 45 6789")
+
+
+async def test_the_chain_still_verifies_after_audited_work(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    async with db.clinic(clinic, role="receptionist"):
+        await db.execute_read(get(pid))
+
+    async def check(session: AsyncSession) -> audit.VerifyResult:
+        return await audit.verify(session, clinic)
+
+    async with db.clinic(clinic, role="clinic_admin"):
+        result = await db.execute_read(check)
+    assert result.ok
+    assert result.checked == 2
