@@ -424,16 +424,17 @@ class DatabaseService:
         clinic = scope.clinic_id if scope else None
         if clinic is None and is_tenant(model):
             raise ClinicContextRequired("a bulk insert into a tenant table needs a clinic scope")
-        return await batch.run_bulk_insert(
-            rows,
-            model,
-            clinic_id=clinic,
-            run_unit=lambda unit: self._run(CallKind.WRITE, unit, options),
-            concurrency=min(concurrency, self.settings.pool_size),
-            chunk_size=_chunk(chunk_size, self.settings.batch_chunk_size),
-            translate=translate,
-            on_progress=on_progress,
-        )
+        with using_keyring(self.keyring):  # rows are validated (blind indexes) before any call
+            return await batch.run_bulk_insert(
+                rows,
+                model,
+                clinic_id=clinic,
+                run_unit=lambda unit: self._run(CallKind.WRITE, unit, options),
+                concurrency=min(concurrency, self.settings.pool_size),
+                chunk_size=_chunk(chunk_size, self.settings.batch_chunk_size),
+                translate=translate,
+                on_progress=on_progress,
+            )
 
     # -- lifecycle and health -----------------------------------------------------------
 

@@ -316,3 +316,28 @@ async def test_the_chain_still_verifies_after_audited_work(
         result = await db.execute_read(check)
     assert result.ok
     assert result.checked == 2
+
+
+async def test_bulk_inserts_encrypt_index_and_audit_every_row(
+    db: DatabaseService, make_clinic: MakeClinic, owner_url: str
+) -> None:
+    from tests.integration.conftest import patient_fields
+
+    clinic = await make_clinic()
+    # Over COPY_THRESHOLD, so PostgreSQL takes the COPY path, which skips bind processing.
+    rows = [patient_fields(id=uuid.uuid4(), ssn=f"123-45-{i:04d}") for i in range(60)]
+    async with db.clinic(clinic, role="doctor"):
+        result = await db.execute_batch(rows, Patient)
+    assert result.ok
+    stored = await owner_execute(
+        owner_url,
+        "SELECT ssn, ssn_index FROM patients WHERE clinic_id = :c",
+        c=_db_id(owner_url, clinic),
+    )
+    assert len(stored) == 60
+    keyring = keyring_for(db.settings)
+    assert {index for _token, index in stored} == {keyring.blind_index(row["ssn"]) for row in rows}
+    assert all(token.startswith("v1.") and "123-45" not in token for token, _ in stored)
+    creates = [e for e in await audit_rows(db, clinic) if e.action == "phi.create"]
+    assert sorted(e.resource_id or "" for e in creates) == sorted(str(r["id"]) for r in rows)
+    assert all("ssn" in e.phi_fields for e in creates)

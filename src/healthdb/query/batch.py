@@ -18,8 +18,12 @@ from sqlalchemy.orm import DeclarativeBase
 
 from healthdb.cache import table_tag
 from healthdb.errors import HealthdbError, InvalidInput
+from healthdb.internal import phi_access
 from healthdb.internal.isolation import TRUSTED
+from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import written_tags
+from healthdb.phi.crypto import EncryptedText, current_keyring, fill_blind_indexes
+from healthdb.phi.declaration import phi_fields
 
 Item = TypeVar("Item")
 R = TypeVar("R")
@@ -127,6 +131,7 @@ def prepare_rows(
             if key not in full and column.default is not None:
                 default: Any = column.default
                 full[key] = default.arg(None) if default.is_callable else default.arg
+        fill_blind_indexes(model, full, current_keyring())
         prepared.append(full)
     return prepared, failures
 
@@ -169,12 +174,34 @@ async def bulk_insert(
     raw = await (await session.connection()).get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.copy_records_to_table(
-        stage, records=[tuple(r.get(n) for n in names) for r in rows], columns=names
-    )
+    # COPY skips SQLAlchemy's bind processing: encrypt PHI columns here, as an INSERT would.
+    dialect = session.get_bind().dialect
+    sealed = {c.name: c.type for c in table.columns if isinstance(c.type, EncryptedText)}
+    records = [
+        tuple(
+            sealed[n].process_bind_param(r.get(n), dialect) if n in sealed else r.get(n)
+            for n in names
+        )
+        for r in rows
+    ]
+    await driver.copy_records_to_table(stage, records=records, columns=names)
     cols = ", ".join(f'"{n}"' for n in names)
     copy_back = f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{stage}"'  # noqa: S608
     await session.execute(text(copy_back), execution_options=TRUSTED)
+
+
+def _creates(
+    model: type[DeclarativeBase], fields: Mapping[str, Any], rows: list[dict[str, Any]]
+) -> list[Access]:
+    return [
+        Access.of(
+            "phi.create",
+            model,
+            None if row.get("id") is None else str(row["id"]),
+            tuple(sorted(name for name in fields if row.get(name) is not None)),
+        )
+        for row in rows
+    ]
 
 
 async def run_bulk_insert(
@@ -195,9 +222,13 @@ async def run_bulk_insert(
     index_of = [i for i, row in enumerate(prepared) if row is not None]
     tag = table_tag(cast(Table, model.__table__).name, clinic_id)
 
+    fields = phi_fields(model)
+
     async def insert_chunk(session: AsyncSession, chunk: list[dict[str, Any]]) -> None:
         written_tags(session.sync_session).add(tag)
         await bulk_insert(session, model, chunk)
+        if fields:  # audited like any other create, in the chunk's transaction
+            phi_access.pending(session.sync_session).extend(_creates(model, fields, chunk))
 
     chunks = [good[i : i + chunk_size] for i in range(0, len(good), chunk_size)]
     if on_progress and failures:
