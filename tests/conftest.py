@@ -160,3 +160,27 @@ def owner_migrated_url(request: pytest.FixtureRequest) -> str:
     for repository tests that work below the facade, across clinics, with no clinic set."""
     fixture = "sqlite_migrated_url" if request.param == "sqlite" else "pg_admin_migrated_url"
     return str(request.getfixturevalue(fixture))
+
+
+# -- canaries: no registered canary value (tests/canary.py) may reach a log line -----------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _canary_log_capture() -> Iterator[None]:
+    """The whole run logs at DEBUG through the production (redacting) pipeline into memory;
+    whatever is logged outside any test (session fixtures) is checked at the very end."""
+    from tests.canary import LOGS
+
+    LOGS.install()
+    yield
+    LOGS.check("the session (session-scoped fixtures)")
+
+
+@pytest.fixture(autouse=True)
+def _no_canary_in_logs(_canary_log_capture: None) -> Iterator[None]:
+    """Fail the test when a log line captured during it holds a canary value."""
+    from tests.canary import LOGS
+
+    LOGS.ensure_installed()
+    yield
+    LOGS.check("this test")

@@ -17,6 +17,7 @@ from healthdb_api.deps import require_roles
 from healthdb_api.limits import BodySizeLimit
 from healthdb_api.routes import appointments, patients, users
 from healthdb_api.settings import ApiSettings
+from healthdb_api.suspicious import SuspiciousInputMonitor
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -40,6 +41,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         access_ttl=settings.access_token_ttl,
     )
     errors.install(app)
+    # Inside the size limit (added first = innermost): it scans bodies already bounded.
+    app.add_middleware(SuspiciousInputMonitor)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.middleware("http")(_request_id)
     app.include_router(health_router())

@@ -7,6 +7,7 @@ Library errors map to HTTP statuses in one table; anything unexpected becomes an
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import structlog
@@ -27,8 +28,14 @@ from healthdb import (
     ServiceClosed,
     UnsafeStatement,
 )
+from healthdb.phi.redaction import redact_text
 
 log = structlog.get_logger("healthdb_api")
+
+# An input word this long found in a validation message means the message quotes the input
+# (shorter ones, "a" or "at", occur in rule descriptions by coincidence).
+_ECHO_MIN = 4
+_WORD = re.compile(r"\w+")
 
 STATUS: list[tuple[type[HealthdbError], int]] = [
     (InvalidInput, 422),
@@ -98,11 +105,44 @@ async def _library_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(status, exc.code, str(exc), headers=headers)
 
 
+def _strings(value: Any, depth: int = 0) -> list[str]:
+    """The strings inside a rejected input (a field value, or a whole body for model errors)."""
+    if isinstance(value, str):
+        return [value]
+    if depth >= 3:
+        return []
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item, depth + 1)]
+    if isinstance(value, (list, tuple)):
+        return [s for item in value for s in _strings(item, depth + 1)]
+    return []
+
+
+def _safe_msg(err: Any) -> str:
+    """pydantic's message, unless it quotes the rejected input.
+
+    Most messages only describe the rule, but some validators quote what they rejected
+    (email-validator names offending characters and parts): then only the type is said.
+    """
+    msg = redact_text(str(err.get("msg", "")))
+    # What the rule expects ("'female', 'male', ...") is not an echo, even if input matches.
+    probe = msg
+    for expected in (err.get("ctx") or {}).values():
+        if isinstance(expected, str):
+            probe = probe.replace(expected, "")
+    for text in _strings(err.get("input")):
+        words = [text.strip(), *_WORD.findall(text)]
+        if any(len(word) >= _ECHO_MIN and word in probe for word in words):
+            return "invalid value"
+    return msg
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    # Echo where and why, never the rejected input (it may be PHI or a password).
+    # Echo where and why, never the rejected input (it may be PHI or a password): pydantic's
+    # ``input`` and ``ctx`` are dropped and a message that quotes the input is replaced.
     details = [
-        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        {"loc": list(err.get("loc", ())), "msg": _safe_msg(err), "type": err.get("type", "")}
         for err in exc.errors()
     ]
     return error_response(422, "validation_error", "request validation failed", details)
