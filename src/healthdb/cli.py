@@ -15,11 +15,14 @@ from healthdb.settings import Settings
 
 if TYPE_CHECKING:
     from healthdb.internal.audit import VerifyResult
+    from healthdb.key_rotation import RotationReport
 
 app = typer.Typer(help="healthdb: multi-tenant healthcare database layer", no_args_is_help=True)
 console = Console(stderr=True)
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="Encryption keys of PHI at rest (SSN).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -108,6 +111,134 @@ async def _verify_audit(settings: Settings, clinic_id: uuid.UUID | None) -> Veri
                 return await verify(session, clinic_id)
     finally:
         await engine.dispose()
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new random 256-bit key (base64url) to stdout; nothing is stored.
+
+    Use it in HEALTHDB_PHI_KEYS ("id=key,id2=key2") or as HEALTHDB_PHI_INDEX_KEY.
+    """
+    from healthdb.phi.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """How many SSN values each key id encrypts, and which key is active.
+
+    Runs as the runtime role (HEALTHDB_DATABASE_URL), clinic by clinic, under row-level
+    security. A key may be retired once it counts 0 values.
+    """
+    from healthdb.errors import HealthdbError
+    from healthdb.key_rotation import UNKNOWN_KEY
+
+    try:
+        active, counts = asyncio.run(_key_status(Settings()))
+    except HealthdbError as exc:
+        typer.echo(f"keys status failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for key_id, count in counts.items():
+        if key_id == UNKNOWN_KEY:
+            typer.echo(f"{count:>10}  under a key missing from this keyring")
+        else:
+            typer.echo(f"{count:>10}  {key_id}{'  (active)' if key_id == active else ''}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=10_000, help="values re-encrypted per transaction")
+    ] = 500,
+    new_key: Annotated[
+        str | None,
+        typer.Option(help="key file only: add a new key with this id and make it active first"),
+    ] = None,
+) -> None:
+    """Re-encrypt every SSN not under the active key, in batches, one transaction each.
+
+    Safe to interrupt and to re-run: committed batches stay, and a re-run picks up only
+    values still under an old key. With HEALTHDB_PHI_KEYS, add the new key there and point
+    HEALTHDB_PHI_ACTIVE_KEY at it before rotating; with a key file (the SQLite default),
+    ``--new-key ID`` does both (re-running with the same ID resumes).
+    """
+    from healthdb.errors import HealthdbError
+
+    settings = Settings()
+    try:
+        if new_key is not None:
+            _activate_new_key(settings, new_key)
+        report = asyncio.run(_rotate(settings, batch_size))
+    except HealthdbError as exc:
+        typer.echo(f"key rotation failed: {exc}", err=True)
+        typer.echo("batches already committed are kept; re-run to resume", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("key rotation interrupted; re-run to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(
+        f"re-encrypted {report.rotated} value(s) under key {report.active!r} "
+        f"in {report.batches} batch(es)"
+    )
+
+
+def _activate_new_key(settings: Settings, key_id: str) -> None:
+    import json
+
+    from healthdb.errors import EncryptionError
+    from healthdb.phi.keys import add_key_to_file, default_key_file
+
+    path = default_key_file(settings)
+    if settings.phi_keys is not None or path is None:
+        raise EncryptionError(
+            "--new-key needs a key file; with HEALTHDB_PHI_KEYS add the key there "
+            "(healthdb keys generate) and set HEALTHDB_PHI_ACTIVE_KEY"
+        )
+    if not path.exists():
+        raise EncryptionError(f"no key file at {path}: nothing is encrypted with it yet")
+    data = json.loads(path.read_text())
+    if data.get("active") == key_id:
+        console.print(f"key {key_id!r} is already active; resuming")
+        return
+    add_key_to_file(path, key_id)
+    console.print(f"added key {key_id!r} to {path} and made it active")
+
+
+async def _key_status(settings: Settings) -> tuple[str, dict[str, int]]:
+    from healthdb.key_rotation import status
+    from healthdb.service import DatabaseService
+
+    async with DatabaseService.connect(settings) as db:
+        return db.keyring.active, await status(db)
+
+
+async def _rotate(settings: Settings, batch_size: int) -> RotationReport:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from healthdb.key_rotation import rotate
+    from healthdb.service import DatabaseService
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    async with DatabaseService.connect(settings) as db:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("re-encrypting", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            return await rotate(db, batch_size=batch_size, on_progress=advance)
 
 
 def main() -> None:

@@ -10,11 +10,17 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from healthdb.errors import InvalidInput
 from healthdb.models import Patient
+from healthdb.phi.crypto import current_keyring, normalise_for_index
 from healthdb.repositories.base import Repository
 from healthdb.repositories.pagination import DEFAULT_LIMIT, Page
 
 #: Longest name prefix accepted by :meth:`PatientRepository.search` (the column width).
 MAX_NAME_PREFIX = 200
+#: :meth:`PatientRepository.find_by_ssn` returns at most this many patients (an SSN should
+#: name one person; a handful of duplicates are data errors worth seeing, not paging).
+MAX_SSN_MATCHES = 20
+#: Longest SSN input accepted (far above any real format; bounds the hashing work).
+MAX_SSN_LENGTH = 64
 
 
 def escape_like(value: str) -> str:
@@ -42,6 +48,26 @@ class PatientRepository(Repository[Patient]):
         """
         stmt = self._select().where(Patient.mrn == mrn)
         return (await self.session.scalars(stmt)).one_or_none()
+
+    async def find_by_ssn(self, ssn: str) -> list[Patient]:
+        """Visible patients whose SSN equals ``ssn``, through the blind index.
+
+        The HMAC of the normalised input is compared with ``ssn_index``, so no stored SSN
+        is decrypted to search and ``123-45-6789`` matches ``123 45 6789``. At most
+        :data:`MAX_SSN_MATCHES` patients, oldest first.
+        """
+        if not isinstance(ssn, str) or len(ssn) > MAX_SSN_LENGTH:
+            raise InvalidInput(f"ssn must be a string of at most {MAX_SSN_LENGTH} characters")
+        if not normalise_for_index(ssn):
+            raise InvalidInput("ssn must contain letters or digits")
+        index = current_keyring().blind_index(ssn)
+        stmt = (
+            self._select()
+            .where(Patient.ssn_index == index)
+            .order_by(Patient.created_at, Patient.id)
+            .limit(MAX_SSN_MATCHES)
+        )
+        return list((await self.session.scalars(stmt)).all())
 
     async def search(
         self,
