@@ -3,8 +3,10 @@ or a throwaway keyring for an in-memory SQLite database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import structlog
@@ -78,6 +80,24 @@ def _create_key_file(path: Path) -> Keyring:
     return load_key_file(path)
 
 
+def _refuse_if_encrypted_values_exist(settings: Settings, key_file: Path) -> None:
+    """A new key file for a database that already holds ciphertexts would make them
+    unreadable: refuse instead of silently starting over."""
+    database = Path(settings.url.split(":///", 1)[1].split("?", 1)[0])
+    if not database.exists():
+        return
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        try:
+            row = conn.execute("SELECT 1 FROM patients WHERE ssn IS NOT NULL LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            return  # not migrated yet: nothing is encrypted
+    if row is not None:
+        raise EncryptionKeyMissing(
+            f"{database} holds encrypted values but its key file {key_file} is missing: "
+            "restore the key file (or set HEALTHDB_PHI_KEYS) instead of generating new keys"
+        )
+
+
 def keyring_for(settings: Settings) -> Keyring:
     """The keyring ``settings`` configure; see :class:`~healthdb.settings.Settings`."""
     if settings.phi_keys is not None:
@@ -90,7 +110,10 @@ def keyring_for(settings: Settings) -> Keyring:
         )
     path = default_key_file(settings)
     if path is not None:
-        return load_key_file(path) if path.exists() else _create_key_file(path)
+        if path.exists():
+            return load_key_file(path)
+        _refuse_if_encrypted_values_exist(settings, path)
+        return _create_key_file(path)
     if settings.is_postgres:
         raise EncryptionKeyMissing(
             "PostgreSQL needs HEALTHDB_PHI_KEYS and HEALTHDB_PHI_INDEX_KEY "
