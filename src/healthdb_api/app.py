@@ -15,7 +15,7 @@ from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.tokens import TokenConfig
 from healthdb_api.deps import require_roles
 from healthdb_api.limits import BodySizeLimit
-from healthdb_api.routes import appointments, patients, users
+from healthdb_api.routes import appointments, audit, patients, users
 from healthdb_api.settings import ApiSettings
 from healthdb_api.suspicious import SuspiciousInputMonitor
 
@@ -52,6 +52,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(patients.router)
     app.include_router(appointments.router)
+    app.include_router(audit.router)
     return app
 
 

@@ -97,4 +97,5 @@ def scope(
         role=principal.role,
         purpose=purpose,
         request_id=principal.request_id,
+        client_addr=principal.client_addr,
     )

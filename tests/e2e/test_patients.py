@@ -63,6 +63,8 @@ async def walk(
 
 async def test_create_and_get_round_trip(client: httpx.AsyncClient) -> None:
     admin = await register(client)
+    # A doctor sees (and so may write) every field, clinical notes included.
+    _, doctor = await staff(client, admin, "doctor")
     body = patient_body(
         phone="+1 (415) 555-2671",
         email="ada@example.org",
@@ -70,7 +72,7 @@ async def test_create_and_get_round_trip(client: httpx.AsyncClient) -> None:
         ssn="123-45-6789",
         notes="Allergic to penicillin.\nSee chart.",
     )
-    created = await client.post(BASE, json=body, headers=admin.headers)
+    created = await client.post(BASE, json=body, headers=doctor)
     assert created.status_code == 201, created.text
     patient = created.json()
     assert patient["version"] == 1
@@ -83,14 +85,18 @@ async def test_create_and_get_round_trip(client: httpx.AsyncClient) -> None:
     assert patient["created_at"]
     assert patient["updated_at"]
 
-    fetched = await client.get(f"{BASE}/{patient['id']}", headers=admin.headers)
+    fetched = await client.get(f"{BASE}/{patient['id']}", headers=doctor)
     assert fetched.status_code == 200
     assert fetched.json() == patient
     assert fetched.headers["etag"] == '"1"'
+    # The clinic admin sees the same patient without the clinical notes.
+    as_admin = (await client.get(f"{BASE}/{patient['id']}", headers=admin.headers)).json()
+    assert as_admin == {**patient, "notes": None}
 
 
 async def test_injection_looking_data_round_trips_verbatim(client: httpx.AsyncClient) -> None:
     admin = await register(client)
+    _, doctor = await staff(client, admin, "doctor")
     hostile = {
         "given_name": "Robert'); DROP TABLE patients;--",
         "family_name": "O'Brien",
@@ -98,8 +104,8 @@ async def test_injection_looking_data_round_trips_verbatim(client: httpx.AsyncCl
         "address": '"; DELETE FROM users; --',
         "notes": "<script>alert(1)</script> %_ \\ '",
     }
-    patient = await create(client, admin.headers, **hostile)
-    fetched = (await client.get(f"{BASE}/{patient['id']}", headers=admin.headers)).json()
+    patient = await create(client, doctor, **hostile)
+    fetched = (await client.get(f"{BASE}/{patient['id']}", headers=doctor)).json()
     for key, value in hostile.items():
         assert fetched[key] == value
 
@@ -400,7 +406,7 @@ async def test_other_clinics_patients_are_indistinguishable_from_missing(
 ) -> None:
     alice = await register(client)
     bob = await register(client)
-    theirs = await create(client, alice.headers, notes="private")
+    theirs = await create(client, alice.headers, ssn="123-45-6789")
     foreign = f"{BASE}/{theirs['id']}"
     missing = f"{BASE}/{uuid.uuid4()}"
     headers = {**bob.headers, "If-Match": '"1"'}
@@ -419,7 +425,7 @@ async def test_other_clinics_patients_are_indistinguishable_from_missing(
     assert mine == theirs
 
 
-async def test_receptionist_never_sees_or_writes_clinical_fields(
+async def test_roles_see_and_write_what_the_masking_policy_allows(
     client: httpx.AsyncClient,
 ) -> None:
     admin = await register(client)
@@ -432,22 +438,32 @@ async def test_receptionist_never_sees_or_writes_clinical_fields(
     url = f"{BASE}/{charted['id']}"
 
     seen = (await client.get(url, headers=desk)).json()
-    assert seen["ssn"] is None
+    assert seen["ssn"] == "***-**-6789"
     assert seen["notes"] is None
     assert seen["given_name"] == charted["given_name"]
     listed = await walk(client, desk)
     assert listed
-    assert all(p["ssn"] is None and p["notes"] is None for p in listed)
-    for clinical in (doctor, nurse, admin.headers):
-        full = (await client.get(url, headers=clinical)).json()
-        assert (full["ssn"], full["notes"]) == ("123-45-6789", "diabetic")
+    assert all(p["ssn"] == "***-**-6789" and p["notes"] is None for p in listed)
+    expected = {
+        "doctor": (doctor, "123-45-6789", "diabetic"),
+        "nurse": (nurse, "***-**-6789", "diabetic"),
+        "clinic_admin": (admin.headers, "123-45-6789", None),
+    }
+    for role, (headers, ssn, notes) in expected.items():
+        full = (await client.get(url, headers=headers)).json()
+        assert (full["ssn"], full["notes"]) == (ssn, notes), role
 
-    # Registration at the desk: allowed, and the SSN is write-only for the receptionist.
+    # Registration at the desk: allowed, and the desk sees only what it may of the SSN.
     registered = await client.post(BASE, json=patient_body(ssn="987-65-4321"), headers=desk)
     assert registered.status_code == 201, registered.text
-    assert registered.json()["ssn"] is None
-    desk_notes = await client.post(BASE, json=patient_body(notes="hmm"), headers=desk)
-    assert desk_notes.status_code == 403
+    assert registered.json()["ssn"] == "***-**-4321"
+    stored = (await client.get(f"{BASE}/{registered.json()['id']}", headers=doctor)).json()
+    assert stored["ssn"] == "987-65-4321"
+    for writer in (desk, admin.headers):
+        refused = await client.post(BASE, json=patient_body(notes="hmm"), headers=writer)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "forbidden"
+        assert "notes" in refused.json()["error"]["message"]
 
     patch = await client.patch(
         url, json={"notes": "not diabetic"}, headers={**desk, "If-Match": '"1"'}
@@ -455,17 +471,54 @@ async def test_receptionist_never_sees_or_writes_clinical_fields(
     assert patch.status_code == 403
     clear = await client.patch(url, json={"notes": None}, headers={**desk, "If-Match": '"1"'})
     assert clear.status_code == 403
+    by_admin = await client.patch(
+        url, json={"notes": None}, headers={**admin.headers, "If-Match": '"1"'}
+    )
+    assert by_admin.status_code == 403
+    # A masked SSN sent back would overwrite the real one: refused, whoever sends it.
+    masked = await client.patch(
+        url, json={"ssn": seen["ssn"]}, headers={**nurse, "If-Match": '"1"'}
+    )
+    assert masked.status_code == 422
+    assert masked.json()["error"]["details"][0]["loc"] == ["body", "ssn"]
     phone = await client.patch(
         url, json={"phone": "+442079460958"}, headers={**desk, "If-Match": '"1"'}
     )
     assert phone.status_code == 200, phone.text
     assert phone.json()["notes"] is None
+    assert phone.json()["ssn"] == "***-**-6789"
     assert phone.json()["phone"] == "+442079460958"
+    # A nurse sees the notes, so may write them.
+    noted = await client.patch(
+        url, json={"notes": "type 2 diabetic"}, headers={**nurse, "If-Match": '"2"'}
+    )
+    assert noted.status_code == 200, noted.text
 
     assert (await client.delete(url, headers=desk)).status_code == 403
     after = (await client.get(url, headers=doctor)).json()
-    assert after["notes"] == "diabetic"
-    assert after["version"] == 2
+    assert after["notes"] == "type 2 diabetic"
+    assert after["ssn"] == "123-45-6789"
+    assert after["version"] == 3
+
+
+async def test_exact_ssn_lookup(client: httpx.AsyncClient) -> None:
+    admin = await register(client)
+    _, desk = await staff(client, admin, "receptionist")
+    ada = await create(client, admin.headers, ssn="123-45-6789")
+    await create(client, admin.headers, ssn="111-22-3333")
+    other = await register(client)
+    await create(client, other.headers, ssn="123-45-6789")
+
+    found = await client.get(BASE, params={"ssn": "123 45 6789"}, headers=desk)
+    assert found.status_code == 200, found.text
+    assert [p["id"] for p in found.json()["items"]] == [ada["id"]]
+    assert found.json()["items"][0]["ssn"] == "***-**-6789"
+    assert found.json()["next_cursor"] is None
+    none = await client.get(BASE, params={"ssn": "999-99-9999"}, headers=desk)
+    assert none.json()["items"] == []
+    for params in ({"ssn": "123-45-6789", "name": "Ada"}, {"ssn": "***-**-6789"}, {"ssn": "--"}):
+        bad = await client.get(BASE, params=params, headers=desk)
+        assert bad.status_code == 422, (params, bad.text)
 
 
 async def test_control_characters_in_search_are_422(client: httpx.AsyncClient) -> None:

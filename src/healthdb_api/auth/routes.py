@@ -4,6 +4,8 @@ Login never tells whether an e-mail exists: an unknown address costs the same ar
 a wrong password and gets the same status and byte-identical body. Password hashing and the
 password policy run in worker threads, off the event loop, and never while a database
 connection is held.
+
+Auth events are audited into the clinic's chain: see :mod:`healthdb_api.auth.audit`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, DatabaseService, HealthdbError, QueryOptions, Role
+from healthdb import ConflictError, DatabaseService, HealthdbError, QueryOptions, Role, audit_log
 from healthdb.models import Clinic, User, UserLogin
 from healthdb.repositories import UserRepository
+from healthdb_api.auth import audit as auth_audit
 from healthdb_api.auth import sessions
 from healthdb_api.auth.passwords import (
     WeakPassword,
@@ -78,15 +81,6 @@ Throttle = Annotated[LoginThrottle, Depends(get_throttle)]
 Tokens = Annotated[TokenConfig, Depends(token_config)]
 
 
-def _request_id(request: Request) -> str:
-    rid = getattr(request.state, "request_id", None)
-    return rid if isinstance(rid, str) else uuid.uuid4().hex
-
-
-def _client_addr(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 # -- shared with the users routes -----------------------------------------------------------
 
 
@@ -142,6 +136,7 @@ async def add_user(
     await UserRepository(session).add(user)
     session.add(UserLogin(email=user.email, user_id=user.id, clinic_id=clinic_id))
     await session.flush()
+    await audit_log.record(session, "user.create", "users", user.id, reason=f"role {role.value}")
     return user
 
 
@@ -184,7 +179,8 @@ async def register(body: RegisterIn, db: Db, request: Request) -> RegisterOut:
             clinic.id,
             role=Role.CLINIC_ADMIN,
             purpose="registration",
-            request_id=_request_id(request),
+            request_id=auth_audit.request_id(request),
+            client_addr=auth_audit.client_addr(request),
         ):
             user = await db.execute_write(add_admin, QueryOptions.for_write("auth.register_user"))
     except ConflictError:
@@ -216,7 +212,7 @@ async def login(
 ) -> TokenOut:
     """Exchange e-mail and password for an access token and a refresh token."""
     try:
-        attempt = throttle.begin(body.email, _client_addr(request))
+        attempt = throttle.begin(body.email, auth_audit.client_addr(request))
     except TooManyAttempts as exc:
         raise ApiError(
             429,
@@ -251,29 +247,33 @@ async def _login(
     entry = await db.execute_read(find_login, QueryOptions.for_read("auth.login_lookup"))
     if entry is None:
         await asyncio.to_thread(dummy_verify, body.password)
-        log.info("login_failed", user_id=None)
+        auth_audit.unknown_account(auth_audit.request_id(request), auth_audit.client_addr(request))
         return None
 
     async with db.clinic(
         entry.clinic_id,
         actor=entry.user_id,
         purpose=sessions.PURPOSE,
-        request_id=_request_id(request),
+        request_id=auth_audit.request_id(request),
+        client_addr=auth_audit.client_addr(request),
     ):
 
-        async def load(session: AsyncSession) -> User | None:
+        async def load(session: AsyncSession) -> tuple[User | None, bool]:
             user = await UserRepository(session).get(entry.user_id)
             clinic = await session.get(Clinic, entry.clinic_id)
-            return user if clinic is not None and clinic.active else None
+            return user, clinic is not None and clinic.active
 
-        user = await db.execute_read(load, QueryOptions.for_read("auth.login_user"))
-        if user is None:
+        user, clinic_active = await db.execute_read(load, QueryOptions.for_read("auth.login_user"))
+        if user is None or not clinic_active:
             await asyncio.to_thread(dummy_verify, body.password)
-            log.info("login_failed", user_id=str(entry.user_id))
+            await auth_audit.login_failed(
+                db, entry.user_id, user, "clinic inactive or account missing"
+            )
             return None
         verified = await asyncio.to_thread(verify_password, user.password_hash, body.password)
         if not verified.ok or not user.active:
-            log.info("login_failed", user_id=str(user.id))
+            why = "wrong password" if not verified.ok else "account inactive"
+            await auth_audit.login_failed(db, user.id, user, why)
             return None
         new_hash = await hash_new_password(body.password) if verified.needs_rehash else None
 
@@ -282,12 +282,14 @@ async def _login(
                 await UserRepository(session).update(
                     user.id, expected_version=None, password_hash=new_hash
                 )
-            return await sessions.add_refresh_token(
+            token = await sessions.add_refresh_token(
                 session,
                 user_id=user.id,
                 clinic_id=user.clinic_id,
                 ttl_seconds=settings.refresh_token_ttl,
             )
+            await audit_log.record(session, "auth.login", "users", user.id, actor_role=user.role)
+            return token
 
         refresh_token = await db.execute_write(start_session, QueryOptions.for_write("auth.login"))
     throttle.succeeded(attempt)
@@ -313,8 +315,12 @@ async def refresh(
         db,
         body.refresh_token,
         ttl_seconds=settings.refresh_token_ttl,
-        request_id=_request_id(request),
+        request_id=auth_audit.request_id(request),
     )
+    if rotation.outcome is sessions.Outcome.REUSED:
+        parsed = sessions.parse_refresh_token(body.refresh_token)
+        assert parsed is not None  # a reuse was found by this very token
+        await auth_audit.refresh_reused(db, request, parsed.clinic_id, rotation)
     if rotation.outcome is not sessions.Outcome.OK or rotation.user is None:
         raise ApiError(
             401,
@@ -336,7 +342,7 @@ async def logout(body: RefreshIn, db: Db, request: Request) -> Response:
 
     Always 204, like OAuth token revocation (RFC 7009): an unknown token reveals nothing.
     """
-    await sessions.revoke(db, body.refresh_token, request_id=_request_id(request))
+    await sessions.revoke(db, body.refresh_token, request_id=auth_audit.request_id(request))
     return Response(status_code=204)
 
 

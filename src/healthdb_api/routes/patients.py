@@ -3,9 +3,16 @@
 Every handler runs inside the caller's clinic scope, so a patient of another clinic is
 invisible: it answers 404 with exactly the body of a patient that never existed.
 
-Roles: every staff role may register, read, list and edit patients; receptionists never
-see ``ssn`` or ``notes`` (they come back ``null``) and may not write ``notes`` (403).
-Deleting a patient (a soft delete) is reserved to clinical staff and clinic admins.
+Roles follow the library's policy (:data:`healthdb.phi.POLICY`): responses arrive masked
+for the caller's role (receptionists and nurses see ``ssn`` as ``***-**-1234``;
+receptionists and clinic admins see ``notes`` as ``null``), and writing a field the role
+may not see at all is 403 (see :mod:`healthdb_api.routes.patient_rules`). Deleting is for
+clinical staff and clinic admins; exporting for clinic admins and doctors.
+
+Audit: the library records every PHI read, create, update and delete in the same
+transaction. ``GET /export`` is a bounded page (``next_cursor`` for the rest) audited as
+ONE ``phi.export`` row per page (count in ``reason``), written in the reading transaction,
+on top of the automatic per-row reads.
 
 Concurrency: responses carry ``ETag: "<version>"``. ``PATCH`` requires the version the
 client last read, as ``If-Match`` (or a ``version`` field in the body): without it 428, a
@@ -15,7 +22,6 @@ stale one 409. ``DELETE`` accepts an optional ``If-Match``.
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 import uuid
 from typing import Annotated
 
@@ -23,22 +29,34 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, NotFound, QueryOptions, Role
+from healthdb import ConflictError, NotFound, QueryOptions, Role, audit_log
 from healthdb.models import Patient
+from healthdb.phi import PhiKind, Visibility, visibility
 from healthdb.repositories import MAX_LIMIT, PatientRepository
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
-from healthdb.repositories.patients import MAX_NAME_PREFIX
+from healthdb.repositories.patients import MAX_NAME_PREFIX, MAX_SSN_LENGTH
 from healthdb_api.deps import CurrentPrincipal, Db, Principal, require_roles, scope
 from healthdb_api.errors import ApiError
+from healthdb_api.routes.patient_rules import (
+    check_writable,
+    duplicate_mrn,
+    exported_fields,
+    not_found,
+    present,
+    refuse_masked,
+    search_term,
+    ssn_alone,
+)
+
+# Re-exported: the appointments routes share the ETag handling.
+from healthdb_api.routes.patient_rules import etag as etag
+from healthdb_api.routes.patient_rules import parse_if_match as parse_if_match
 from healthdb_api.schemas import PatientCreate, PatientOut, PatientPage, PatientUpdate
 
 router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
 
-#: Roles allowed to read ``ssn`` and ``notes`` and to write ``notes``.
-CLINICAL_ROLES = frozenset({Role.CLINIC_ADMIN, Role.DOCTOR, Role.NURSE})
-#: Fields hidden from (and, for ``notes``, not writable by) the other roles.
-RESTRICTED_FIELDS = ("ssn", "notes")
 PURPOSE = "patient_care"
+EXPORT_PURPOSE = "export"
 
 IfMatch = Annotated[
     str | None,
@@ -48,53 +66,7 @@ IfMatch = Annotated[
     ),
 ]
 Deleter = Annotated[Principal, Depends(require_roles(Role.CLINIC_ADMIN, Role.DOCTOR, Role.NURSE))]
-
-
-def not_found() -> ApiError:
-    """The one 404 of this resource: missing, deleted and foreign patients look the same."""
-    return ApiError(404, "not_found", "patient not found")
-
-
-def duplicate_mrn() -> ApiError:
-    return ApiError(409, "duplicate_mrn", "a patient with this MRN already exists in the clinic")
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def parse_if_match(value: str | None) -> int | None:
-    """The version named by an ``If-Match`` header; ``None`` when absent or ``*``.
-
-    Accepts a strong or weak entity tag (``"3"``, ``W/"3"``) or a bare integer.
-    """
-    if value is None or value.strip() == "*":
-        return None
-    tag = value.strip()
-    tag = tag.removeprefix("W/")
-    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
-        tag = tag[1:-1]
-    if not tag.isascii() or not tag.isdigit() or not 1 <= len(tag) <= 18:
-        raise ApiError(
-            422,
-            "validation_error",
-            'If-Match must be the entity tag of one version, e.g. "3"',
-            details=[{"loc": ["header", "if-match"], "msg": "invalid entity tag", "type": "etag"}],
-        )
-    return int(tag)
-
-
-def present(patient: Patient, role: Role) -> PatientOut:
-    """The response body for ``role``: restricted fields nulled for non-clinical roles."""
-    out = PatientOut.model_validate(patient)
-    if role not in CLINICAL_ROLES:
-        out = out.model_copy(update=dict.fromkeys(RESTRICTED_FIELDS))
-    return out
-
-
-def forbid_notes(principal: Principal) -> None:
-    if principal.role not in CLINICAL_ROLES:
-        raise ApiError(403, "forbidden", "your role may not write clinical notes")
+Exporter = Annotated[Principal, Depends(require_roles(Role.CLINIC_ADMIN, Role.DOCTOR))]
 
 
 @router.post(
@@ -106,8 +78,7 @@ def forbid_notes(principal: Principal) -> None:
 async def create_patient(
     body: PatientCreate, principal: CurrentPrincipal, db: Db, response: Response
 ) -> PatientOut:
-    if body.notes is not None:
-        forbid_notes(principal)
+    check_writable(principal, body.model_dump(exclude_none=True))
 
     async def op(session: AsyncSession) -> Patient:
         return await PatientRepository(session).add(Patient(**body.model_dump()))
@@ -119,7 +90,39 @@ async def create_patient(
             raise duplicate_mrn() from None
     response.headers["ETag"] = etag(patient.version)
     response.headers["Location"] = f"{router.prefix}/{patient.id}"
-    return present(patient, principal.role)
+    return present(patient)
+
+
+@router.get("/export", response_model=PatientPage, responses={403: {}})
+async def export_patients(
+    principal: Exporter,
+    db: Db,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_LENGTH)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = MAX_LIMIT,
+) -> PatientPage:
+    """Export the clinic's patients, oldest first, masked for the caller's role.
+
+    A bounded page per request (walk ``next_cursor`` for the rest), so no transaction stays
+    open while a client reads a long stream. Each page is audited as one ``phi.export`` row
+    written in the transaction that read it, so an export that is not recorded never
+    happened; every patient on the page also gets its automatic per-row read.
+    """
+
+    async def op(session: AsyncSession) -> Page[Patient]:
+        page = await PatientRepository(session).list(cursor=cursor, limit=limit, sort="created_at")
+        await audit_log.record(
+            session,
+            "phi.export",
+            "patients",
+            phi_fields=exported_fields(principal.role),
+            reason=f"exported {len(page.items)} patient(s)",
+        )
+        return page
+
+    async with scope(db, principal, purpose=EXPORT_PURPOSE):
+        # A write: the export row commits with the read or not at all.
+        page = await db.execute_write(op, QueryOptions.for_phi("patients.export"))
+    return PatientPage(items=[present(p) for p in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{patient_id}", response_model=PatientOut, responses={404: {}})
@@ -134,7 +137,7 @@ async def get_patient(
     if patient is None:
         raise not_found()
     response.headers["ETag"] = etag(patient.version)
-    return present(patient, principal.role)
+    return present(patient)
 
 
 @router.get("", response_model=PatientPage)
@@ -153,7 +156,14 @@ async def list_patients(
         str,
         Query(max_length=32, description="a sortable field; prefix with - for descending"),
     ] = "family_name",
+    ssn: Annotated[
+        str | None,
+        Query(max_length=MAX_SSN_LENGTH, description="exact SSN (alone; one bounded page)"),
+    ] = None,
 ) -> PatientPage:
+    if ssn is not None:
+        ssn_alone(name, mrn, date_of_birth, cursor)
+        return await _by_ssn(db, principal, ssn)
     field = sort.removeprefix("-")
     if field not in PatientRepository.sortable:
         allowed = ", ".join(sorted(PatientRepository.sortable))
@@ -171,8 +181,8 @@ async def list_patients(
             ],
         )
 
-    search_name = _search_term(name, "name")
-    search_mrn = _search_term(mrn, "mrn")
+    search_name = search_term(name, "name")
+    search_mrn = search_term(mrn, "mrn")
 
     async def op(session: AsyncSession) -> Page[Patient]:
         return await PatientRepository(session).search(
@@ -187,9 +197,23 @@ async def list_patients(
 
     async with scope(db, principal, purpose=PURPOSE):
         page = await db.execute_read(op, QueryOptions.for_phi("patients.search"))
-    return PatientPage(
-        items=[present(p, principal.role) for p in page.items], next_cursor=page.next_cursor
-    )
+    return PatientPage(items=[present(p) for p in page.items], next_cursor=page.next_cursor)
+
+
+async def _by_ssn(db: Db, principal: Principal, ssn: str) -> PatientPage:
+    """Every visible patient with this SSN (blind-index match, at most a handful)."""
+    if visibility(principal.role, PhiKind.SSN) is Visibility.NONE:
+        raise ApiError(403, "forbidden", "your role may not search by ssn")
+    term = search_term(ssn, "ssn")
+    refuse_masked(term, ["query", "ssn"])
+    assert term is not None
+
+    async def op(session: AsyncSession) -> list[Patient]:
+        return await PatientRepository(session).find_by_ssn(term)
+
+    async with scope(db, principal, purpose=PURPOSE):
+        found = await db.execute_read(op, QueryOptions.for_phi("patients.find_by_ssn"))
+    return PatientPage(items=[present(p) for p in found], next_cursor=None)
 
 
 @router.patch(
@@ -217,8 +241,7 @@ async def update_patient(
             'header (the ETag, e.g. If-Match: "3") or as "version" in the body',
         )
     changes = body.changes()
-    if "notes" in changes:
-        forbid_notes(principal)
+    check_writable(principal, changes)
 
     async def op(session: AsyncSession) -> Patient:
         if "mrn" in changes:
@@ -244,7 +267,7 @@ async def update_patient(
                 "the patient was modified by someone else; reload it and retry",
             ) from None
     response.headers["ETag"] = etag(patient.version)
-    return present(patient, principal.role)
+    return present(patient)
 
 
 @router.delete(
@@ -273,18 +296,3 @@ async def delete_patient(
                 "the patient was modified by someone else; reload it and retry",
             ) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _search_term(value: str | None, field: str) -> str | None:
-    """A search parameter in the form values are stored in: NFC, trimmed, single-line."""
-    if value is None:
-        return None
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        message = "must not contain control characters"
-        raise ApiError(
-            422,
-            "validation_error",
-            "request validation failed",
-            details=[{"loc": ["query", field], "msg": message, "type": "value_error"}],
-        )
-    return unicodedata.normalize("NFC", value).strip()

@@ -2,6 +2,10 @@
 
 Every handler runs inside the caller's clinic scope, so a user id of another clinic is
 simply not found (404), exactly like a missing one.
+
+Audit: creating a user records ``user.create`` and changing a role ``user.role_change``
+(``reason``: ``"<old> -> <new>"``), each in the transaction that makes the change, with the
+admin as actor (see :mod:`healthdb_api.auth.audit`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import structlog
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, NotFound, QueryOptions, Role
+from healthdb import ConflictError, NotFound, QueryOptions, Role, audit_log
 from healthdb.models import User
 from healthdb.repositories import DEFAULT_LIMIT, MAX_LIMIT, UserRepository
 from healthdb_api.auth.routes import (
@@ -133,7 +137,16 @@ async def update_user(user_id: uuid.UUID, body: UserPatchIn, admin: Admin, db: D
                 raise ApiError(
                     409, "last_admin", "a clinic must keep at least one active clinic_admin"
                 )
+        old_role = user.role
         updated = await users.update(user.id, expected_version=None, **changes)
+        if changes.get("role", old_role) != old_role:
+            await audit_log.record(
+                session,
+                "user.role_change",
+                "users",
+                user.id,
+                reason=f"{old_role} -> {updated.role}",
+            )
         if changes.get("active") is False:
             await revoke_user_tokens(session, user.id, dt.datetime.now(dt.UTC))
         return updated

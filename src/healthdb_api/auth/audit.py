@@ -1,0 +1,102 @@
+"""Auth events in the clinic's audit chain (:mod:`healthdb.audit_log`).
+
+What is recorded, and in which transaction:
+
+* ``auth.login``: in the transaction that starts the session (the refresh token insert);
+  the actor is the user, with their role.
+* ``auth.login_failed`` (outcome ``failure``): a known account with a wrong password, an
+  inactive account or an inactive clinic, in a write of its own (there is no auth write to
+  share). The actor is the account the attempt *claimed*, so an admin filtering by that
+  user sees the attempts against it; ``reason`` says which check failed.
+* ``user.create``: in the transaction that inserts the user
+  (:func:`healthdb_api.auth.routes.add_user`), so registration, the users routes and the
+  CLI all record it.
+* ``user.role_change``: in the transaction that changes the role (the users routes).
+* ``auth.refresh_reuse`` (outcome ``denied``): right after the transaction that revoked
+  the token family commits (that transaction belongs to :mod:`healthdb_api.auth.sessions`),
+  in the token's clinic, the actor being the token's owner.
+
+An unknown e-mail belongs to no clinic and so to no chain: it is logged as a
+``login_failed_unknown_account`` security event (request id and client address, never the
+address typed). Throttled attempts (429) check no credential and are not audited.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from healthdb import DatabaseService, QueryOptions, audit_log
+from healthdb.models import User
+from healthdb.repositories import UserRepository
+from healthdb_api.auth import sessions
+
+__all__ = ["client_addr", "login_failed", "refresh_reused", "request_id", "unknown_account"]
+
+log = structlog.get_logger("healthdb_api.auth")
+
+
+def request_id(request: Request) -> str:
+    """The request's id (set by the app's middleware), or a fresh one."""
+    rid = getattr(request.state, "request_id", None)
+    return rid if isinstance(rid, str) else uuid.uuid4().hex
+
+
+def client_addr(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def unknown_account(rid: str, addr: str | None) -> None:
+    """A login for an e-mail no account uses: no clinic, so a log event, not an audit row."""
+    log.warning("login_failed_unknown_account", request_id=rid, client_addr=addr)
+
+
+async def login_failed(
+    db: DatabaseService, user_id: uuid.UUID, user: User | None, why: str
+) -> None:
+    """Audit a failed login of a known account (inside its clinic's scope)."""
+
+    async def op(session: AsyncSession) -> None:
+        await audit_log.record(
+            session,
+            "auth.login_failed",
+            "users",
+            user_id,
+            outcome=audit_log.Outcome.FAILURE,
+            reason=why,
+            actor_role=None if user is None else user.role,
+        )
+
+    log.info("login_failed", user_id=str(user_id))
+    await db.execute_write(op, QueryOptions.for_write("auth.login_failed"))
+
+
+async def refresh_reused(
+    db: DatabaseService, request: Request, clinic_id: uuid.UUID, rotation: sessions.Rotation
+) -> None:
+    """Audit a spent refresh token presented again (its family is already revoked)."""
+    user_id = rotation.user_id
+
+    async def op(session: AsyncSession) -> None:
+        user = None if user_id is None else await UserRepository(session).get(user_id)
+        await audit_log.record(
+            session,
+            "auth.refresh_reuse",
+            "refresh_tokens",
+            rotation.family_id,
+            outcome=audit_log.Outcome.DENIED,
+            reason="a spent refresh token was presented again; its family was revoked",
+            actor_role=None if user is None else user.role,
+        )
+
+    async with db.clinic(
+        clinic_id,
+        actor=user_id,
+        purpose=sessions.PURPOSE,
+        request_id=request_id(request),
+        client_addr=client_addr(request),
+    ):
+        await db.execute_write(op, QueryOptions.for_write("auth.refresh_reuse"))
