@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, cast
 
 import sqlglot
-from sqlalchemy import Select, event
+from sqlalchemy import Join, Select, Table, event
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import visitors
@@ -83,9 +83,33 @@ def _scope_statement(state: ORMExecuteState) -> None:
     if scope is None:
         raise ClinicContextRequired("tenant tables need a clinic scope: use db.clinic(...)")
     statement = state.statement.options(_clinic_criteria(scope.clinic_id))
-    if isinstance(statement, Select) and state.session.info.get(PESSIMISTIC):
-        statement = statement.with_for_update()
+    if isinstance(statement, Select):
+        statement = _scope_implicit_froms(statement, scope.clinic_id)
+        if state.session.info.get(PESSIMISTIC):
+            statement = statement.with_for_update()
     state.statement = statement
+
+
+def _scope_implicit_froms(statement: Select[Any], clinic_id: uuid.UUID) -> Select[Any]:
+    """The loader criteria reach entities the statement selects or joins, not a tenant table
+    that enters FROM only through a column in WHERE (``select(func.count()).where(
+    func.lower(Patient.mrn) == x)``): filter every plain tenant table in the final FROM list
+    explicitly. A duplicate of a predicate the criteria already added is harmless."""
+    names = _tenant_name_set()
+    for table in _plain_tables(statement.get_final_froms()):
+        if str(table.name).lower() in names:
+            statement = statement.where(table.c.clinic_id == clinic_id)
+    return statement
+
+
+def _plain_tables(froms: Any) -> list[Table]:
+    found: list[Table] = []
+    for item in froms:
+        if isinstance(item, Table):
+            found.append(item)
+        elif isinstance(item, Join):
+            found.extend(_plain_tables((item.left, item.right)))
+    return found
 
 
 # -- Core statements and text() outside the ORM wall -------------------------------------------
