@@ -99,9 +99,22 @@ def patient_rows(count: int, *, seed: int = 7) -> list[dict[str, Any]]:
             "family_name": rng.choice(_FAMILY),
             "date_of_birth": epoch + dt.timedelta(days=rng.randrange(33_000)),
             "sex": rng.choice(_SEX),
+            "ssn": f"9{rng.randrange(10**8):08d}",  # 9xx: never a real SSN
         }
         for i in range(count)
     ]
+
+
+def bench_keys() -> dict[str, Any]:
+    """Settings overrides with fresh PHI keys: the bench databases are throwaway."""
+    from pydantic import SecretStr
+
+    from healthdb.phi.crypto import generate_key
+
+    return {
+        "phi_keys": SecretStr(f"bench={generate_key()}"),
+        "phi_index_key": SecretStr(generate_key()),
+    }
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from _common import (
     DEFAULT_PG_URL,
     asyncpg_dsn,
+    bench_keys,
     machine,
     patient_rows,
     postgres_version,
@@ -67,6 +68,7 @@ def settings_for(url: str) -> Settings:
         max_overflow=0,
         slow_query_ms=10_000,
         sqlite_busy_timeout_ms=60_000,  # up to 10 chunk writers queue on SQLite's write lock
+        **bench_keys(),
     )
 
 

@@ -1,4 +1,4 @@
-"""Primary-key read throughput through five paths, as ratios against raw asyncpg (same run).
+"""Primary-key read throughput through seven paths, as ratios against raw asyncpg (same run).
 
     .venv/bin/python bench/read_path.py [--seconds 5] [--concurrency 64] [--pool 10]
                                         [--rows 1000] [--pg-url URL] [--paths a,b,c,d,e]
@@ -6,9 +6,14 @@
 Paths:
   (a) raw asyncpg ``pool.fetchrow`` (the baseline every ratio is against);
   (b) plain SQLAlchemy ORM ``AsyncSession.get``;
-  (c) ``db.execute_read`` through the full middleware chain;
-  (d) ``db.execute_read`` with ``.cached(keys.for_patient(...))``, served from the cache;
-  (e) plain ORM in a transaction with ``set_config('app.clinic_id', ..., true)`` (naive RLS).
+  (c) ``db.execute_read`` through the full middleware chain: a PHI read, so it is audited
+      (read-only transaction, then the audit row in a write transaction);
+  (d) ``db.execute_read`` with ``.cached(keys.for_patient(...))`` of a non-PHI column (the
+      row's version), served from the cache — PHI itself is never cached;
+  (e) plain ORM in a transaction with ``set_config('app.clinic_id', ..., true)`` (naive RLS);
+  (f) ``db.execute_read(..., QueryOptions.for_phi())``: one writable transaction holding the
+      read and its audit row;
+  (g) (f) with the PHI access recorder detached (bench only): the audit cost is f/g.
 
 Every figure is measured in this run, on a throwaway database that is dropped at the end.
 After each timed run, a short sequential pass counts round trips per read: SQLAlchemy cursor
@@ -38,6 +43,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from _common import (
     DEFAULT_PG_URL,
     asyncpg_dsn,
+    bench_keys,
     machine,
     patient_rows,
     percentile,
@@ -51,12 +57,13 @@ from _common import (
 from healthdb import BatchResult, DatabaseService, QueryOptions, Settings, keys
 from healthdb.migrate import upgrade
 from healthdb.models import Clinic, Patient
+from healthdb.phi.crypto import Keyring, using_keyring
 
 ReadOp = Callable[[uuid.UUID], Awaitable[object]]
 QueryLogger = Callable[[Any], None]
 Detach = Callable[[], None]
 WireTap = Callable[[QueryLogger], Awaitable[Detach]]
-ALL_PATHS = "abcde"
+ALL_PATHS = "abcdefg"
 SET_CLINIC = text("SELECT set_config('app.clinic_id', :c, true)")
 
 
@@ -127,6 +134,7 @@ class Target:
     engine: AsyncEngine | None = None  # whose cursor executes are counted
     prepare: Callable[[Sequence[uuid.UUID]], Awaitable[None]] | None = None
     cache_counts: Callable[[], tuple[int, int]] | None = None  # (hits, misses)
+    restore: Callable[[], None] | None = None  # undo what prepare changed
 
 
 def _attach_all(connections: Sequence[Any], callback: QueryLogger) -> Detach:
@@ -182,19 +190,24 @@ async def raw_asyncpg(url: str, pool_size: int) -> AsyncIterator[list[Target]]:
 
 
 @asynccontextmanager
-async def plain_orm(url: str, pool_size: int, clinic_id: uuid.UUID) -> AsyncIterator[list[Target]]:
+async def plain_orm(
+    url: str, pool_size: int, clinic_id: uuid.UUID, keyring: Keyring
+) -> AsyncIterator[list[Target]]:
     engine = sa_create_async_engine(url, pool_size=pool_size, max_overflow=0)
     sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
     clinic = str(clinic_id)
 
+    # The SSN column decrypts on load, as it does through the facade.
     async def get(pid: uuid.UUID) -> object:
-        async with sessions() as s:
-            return await s.get(Patient, pid)
+        with using_keyring(keyring):
+            async with sessions() as s:
+                return await s.get(Patient, pid)
 
     async def naive(pid: uuid.UUID) -> object:
-        async with sessions() as s, s.begin():
-            await s.execute(SET_CLINIC, {"c": clinic})
-            return await s.get(Patient, pid)
+        with using_keyring(keyring):
+            async with sessions() as s, s.begin():
+                await s.execute(SET_CLINIC, {"c": clinic})
+                return await s.get(Patient, pid)
 
     tap = sqlalchemy_tap(engine, pool_size)
     try:
@@ -207,14 +220,23 @@ async def plain_orm(url: str, pool_size: int, clinic_id: uuid.UUID) -> AsyncIter
 
 
 def facade_targets(db: DatabaseService, clinic_id: uuid.UUID, pool_size: int) -> list[Target]:
-    async def read(pid: uuid.UUID) -> object:
-        async with db.clinic(clinic_id):
-            return await db.execute_read(lambda s: s.get(Patient, pid), QueryOptions.for_read())
+    def read_with(options: QueryOptions) -> ReadOp:
+        async def read(pid: uuid.UUID) -> object:
+            async with db.clinic(clinic_id, role="doctor", purpose="bench"):
+                return await db.execute_read(lambda s: s.get(Patient, pid), options)
+
+        return read
+
+    async def version(session: AsyncSession, pid: uuid.UUID) -> int | None:
+        stmt = select(Patient.version).where(Patient.id == pid)
+        found: int | None = (await session.execute(stmt)).scalar_one_or_none()
+        return found
 
     async def cached(pid: uuid.UUID) -> object:
+        # PHI is never cached (a hit would be an unaudited read): cache a non-PHI column.
         options = QueryOptions.for_read().cached(keys.for_patient(clinic_id, pid))
         async with db.clinic(clinic_id):
-            return await db.execute_read(lambda s: s.get(Patient, pid), options)
+            return await db.execute_read(lambda s: version(s, pid), options)
 
     async def fill(ids: Sequence[uuid.UUID]) -> None:
         await run_each(cached, ids, concurrency=pool_size)
@@ -222,12 +244,49 @@ def facade_targets(db: DatabaseService, clinic_id: uuid.UUID, pool_size: int) ->
     def counts() -> tuple[int, int]:
         return db.cache.store.hits, db.cache.store.misses
 
+    async def audit_off(_ids: Sequence[uuid.UUID]) -> None:
+        set_phi_recording(on=False)
+
     engine = db.engines.primary
     tap = sqlalchemy_tap(engine, pool_size)
+    phi = QueryOptions.for_phi("bench.phi")
     return [
-        Target("c", "db.execute_read (middleware chain)", read, tap, engine),
-        Target("d", "db.execute_read .cached() (hit)", cached, tap, engine, fill, counts),
+        Target(
+            "c",
+            "db.execute_read, audited (read txn + audit txn)",
+            read_with(QueryOptions.for_read()),
+            tap,
+            engine,
+        ),
+        Target("d", "db.execute_read .cached() non-PHI (hit)", cached, tap, engine, fill, counts),
+        Target("f", "db.execute_read for_phi, audited (one txn)", read_with(phi), tap, engine),
+        Target(
+            "g",
+            "db.execute_read for_phi, audit recording off",
+            read_with(phi),
+            tap,
+            engine,
+            audit_off,
+            restore=lambda: set_phi_recording(on=True),
+        ),
     ]
+
+
+def set_phi_recording(*, on: bool) -> None:
+    """Bench only: attach or detach the PHI access recorder, so (g) is (f) without audit."""
+    from healthdb.internal import phi_access
+    from healthdb.internal.isolation import TenantSession
+
+    listeners = (
+        ("loaded_as_persistent", phi_access._on_load),
+        ("do_orm_execute", phi_access._on_select),
+        ("after_flush", phi_access._after_flush),
+    )
+    for name, listener in listeners:
+        if on and not event.contains(TenantSession, name, listener):
+            event.listen(TenantSession, name, listener)
+        elif not on and event.contains(TenantSession, name, listener):
+            event.remove(TenantSession, name, listener)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -313,6 +372,16 @@ async def count_trips(target: Target, ids: Sequence[uuid.UUID], reads: int) -> T
 
 
 async def measure(target: Target, ids: Sequence[uuid.UUID], args: argparse.Namespace) -> PathResult:
+    try:
+        return await _measure(target, ids, args)
+    finally:
+        if target.restore is not None:
+            target.restore()
+
+
+async def _measure(
+    target: Target, ids: Sequence[uuid.UUID], args: argparse.Namespace
+) -> PathResult:
     if target.prepare is not None:
         await target.prepare(ids)
     await drive(target.read, ids, seconds=args.warmup, concurrency=args.concurrency)
@@ -359,6 +428,7 @@ def facade_settings(url: str, args: argparse.Namespace) -> Settings:
         slow_query_ms=10_000,
         cache_ttl=3600,  # (d) must stay a cache hit for the whole run
         cache_max_entries=max(10_000, args.rows),
+        **bench_keys(),
     )
 
 
@@ -376,8 +446,8 @@ async def run_paths(
     results: list[PathResult] = []
     groups: list[tuple[str, Callable[[], AbstractAsyncContextManager[list[Target]]]]] = [
         ("a", lambda: raw_asyncpg(url, args.pool)),
-        ("b", lambda: plain_orm(url, args.pool, clinic_id)),
-        ("e", lambda: plain_orm(runtime, args.pool, clinic_id)),
+        ("b", lambda: plain_orm(url, args.pool, clinic_id, db.keyring)),
+        ("e", lambda: plain_orm(runtime, args.pool, clinic_id, db.keyring)),
     ]
     for keys_, make in groups:
         if wanted & set(keys_):
@@ -423,7 +493,12 @@ def payload(
     results: list[PathResult], args: argparse.Namespace, settings: Settings, pg: str
 ) -> dict[str, Any]:
     base = next((r.timing.ops_per_s for r in results if r.key == "a"), None)
+    rate = {r.key: r.timing.ops_per_s for r in results}
+    audit_cost = (
+        {"f_over_g": round(rate["f"] / rate["g"], 3)} if rate.get("g") and "f" in rate else None
+    )
     return {
+        "audit_cost": audit_cost,
         "benchmark": "read_path",
         "timestamp": timestamp(),
         "config": {
@@ -486,6 +561,11 @@ def render(data: dict[str, Any]) -> str:
     hit = next((p.get("cache_hit_ratio") for p in data["paths"] if p["path"] == "d"), None)
     if hit is not None:
         lines.append(f"(d) cache hit ratio during the timed run: {hit:.2%}")
+    audit = data.get("audit_cost")
+    if audit is not None:
+        lines.append(
+            f"audit on vs off, same for_phi read: (f)/(g) = {audit['f_over_g']:.2f}x throughput"
+        )
     lines.append(f"facade pool_pre_ping={cfg['facade_pool_pre_ping']} (Settings default)")
     lines += ["", *(f"note: {n}" for n in data["notes"])]
     lines.append(f"load average at the end (1/5/15 min): {load}")

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb import keys
 from healthdb.context import Role, current_scope
 from healthdb.errors import (
-    PhiNotCacheable,
     ClinicContextRequired,
     ConflictError,
     DatabaseError,
     InvalidInput,
+    PhiNotCacheable,
     PoolTimeout,
     QueryTimeout,
     ServiceClosed,
@@ -230,7 +230,6 @@ async def test_a_cached_read_that_loads_phi_is_refused_and_not_cached(
             with pytest.raises(PhiNotCacheable):
                 await db.execute_read(get_patient(pid), options)
         assert len(db.cache.store) == 0
-
 
 
 async def test_cached_reads_hit_and_committed_writes_invalidate(
