@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import Role, require_scope
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: The sort field a cursor of this module names (a cursor of another listing is refused).
-_SORT = "seq"
+_SORT = "occurred_at"
 #: Column widths of ``audit_events`` (models/audit.py): longer values are cut, not refused,
 #: because an audit write must never fail on a too-long label.
 _ACTION_MAX, _RESOURCE_MAX, _REASON_MAX = 64, 64, 500
@@ -176,13 +176,12 @@ class AuditFilter:
 
 
 class AuditQuery:
-    """Read the clinic's audit events, keyset-paginated on the chain position ``seq``.
+    """Read the clinic's audit events, keyset-paginated on ``(occurred_at, id)``.
 
-    ``seq`` is unique within a clinic and a scope sees one clinic, so it is a complete sort
-    key: pages never skip or repeat a row, and new events (which take higher ``seq``
-    values) never shift a newest-first walk that is already under way. Rows without a
-    ``seq`` exist only if someone bypassed the chain; :func:`verify` reports them, this
-    listing leaves them out.
+    A clinic's trail is several chains (lanes), so ``seq`` orders only within a lane; time,
+    with the id as tie-breaker, is a complete sort key across lanes: pages never skip or
+    repeat a row. Rows without a ``seq`` exist only if someone bypassed the chain;
+    :func:`verify` reports them, this listing leaves them out.
     """
 
     def __init__(self, session: AsyncSession) -> None:
@@ -205,19 +204,25 @@ class AuditQuery:
         limit = check_limit(limit)
         criteria = (where or AuditFilter()).criteria()
         stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None), *criteria)
+        at, ident = AuditEvent.occurred_at, AuditEvent.id
         if cursor is not None:
-            position = decode_cursor(cursor, sort=_SORT, descending=descending, key_type=int)
+            position = decode_cursor(
+                cursor, sort=_SORT, descending=descending, key_type=dt.datetime
+            )
             key = position.key
-            if not isinstance(key, int):  # decode_cursor checked the exact type already
+            if not isinstance(key, dt.datetime):  # decode_cursor checked the type already
                 raise InvalidInput("invalid cursor")
-            stmt = stmt.where(AuditEvent.seq < key if descending else AuditEvent.seq > key)
-        order = AuditEvent.seq.desc() if descending else AuditEvent.seq.asc()
+            if descending:
+                after = or_(at < key, and_(at == key, ident < position.id))
+            else:
+                after = or_(at > key, and_(at == key, ident > position.id))
+            stmt = stmt.where(after)
+        order = (at.desc(), ident.desc()) if descending else (at.asc(), ident.asc())
         # One extra row tells whether another page exists, without a COUNT.
-        rows = list((await self.session.scalars(stmt.order_by(order).limit(limit + 1))).all())
+        rows = list((await self.session.scalars(stmt.order_by(*order).limit(limit + 1))).all())
         if len(rows) <= limit:
             return Page(items=rows, next_cursor=None)
         rows = rows[:limit]
         last = rows[-1]
-        assert last.seq is not None  # filtered above
-        token = encode_cursor(Cursor(_SORT, descending, last.seq, last.id))
+        token = encode_cursor(Cursor(_SORT, descending, last.occurred_at, last.id))
         return Page(items=rows, next_cursor=token)

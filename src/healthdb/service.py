@@ -377,6 +377,7 @@ class DatabaseService:
                 postgres=self.engines.is_postgres,
                 on_commit=self._invalidate,
                 batch_statement_timeout_ms=self.settings.batch_statement_timeout_ms,
+                audit_lanes=self.settings.audit_lanes,
             )
 
         options = call.options

@@ -38,6 +38,8 @@ def _env(tmp_path: Path, runtime: str, admin: str) -> dict[str, str]:
         "HEALTHDB_DATABASE_URL": runtime,
         "HEALTHDB_ADMIN_DATABASE_URL": admin,
         "HEALTHDB_DATA_DIR": str(tmp_path / "data"),
+        # PostgreSQL refuses to start without PHI keys: pass the suite's test keys on.
+        **{k: os.environ[k] for k in ("HEALTHDB_PHI_KEYS", "HEALTHDB_PHI_INDEX_KEY")},
     }
 
 

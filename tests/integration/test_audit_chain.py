@@ -352,7 +352,7 @@ async def test_forged_rows_are_detected(owner_url: str, chain: uuid.UUID) -> Non
 
     # A well-formed row squeezed in at seq 3 (unique index dropped): a duplicate position.
     async with tampering(owner_url) as (conn, session):
-        await conn.execute(text("DROP INDEX ix_audit_events_clinic_id_seq"))
+        await conn.execute(text("DROP INDEX ix_audit_events_clinic_id_lane_seq"))
         forged = AuditEvent(
             id=uuid.uuid4(),
             clinic_id=chain,

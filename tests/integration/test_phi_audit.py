@@ -7,6 +7,7 @@ clinic raises on every INSERT into ``audit_events`` for that clinic only.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -85,7 +86,11 @@ async def refuse_audit(owner_url: str) -> AsyncIterator[RefuseAudit]:
 
 async def audit_rows(db: DatabaseService, clinic: uuid.UUID) -> list[AuditEvent]:
     async def op(session: AsyncSession) -> list[AuditEvent]:
-        stmt = select(AuditEvent).where(AuditEvent.clinic_id == clinic).order_by(AuditEvent.seq)
+        stmt = (
+            select(AuditEvent)
+            .where(AuditEvent.clinic_id == clinic)
+            .order_by(AuditEvent.occurred_at, AuditEvent.seq)
+        )
         return list((await session.scalars(stmt)).all())
 
     async with db.clinic(clinic, role="clinic_admin"):
@@ -341,3 +346,54 @@ async def test_bulk_inserts_encrypt_index_and_audit_every_row(
     creates = [e for e in await audit_rows(db, clinic) if e.action == "phi.create"]
     assert sorted(e.resource_id or "" for e in creates) == sorted(str(r["id"]) for r in rows)
     assert all("ssn" in e.phi_fields for e in creates)
+
+
+# -- lanes: one clinic's accesses audit concurrently ------------------------------------------
+
+
+async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
+    make_db: Any, make_clinic: MakeClinic, make_patient: MakePatient, owner_url: str
+) -> None:
+    clinic, pid = await patient(make_clinic, make_patient)
+    lanes_db: DatabaseService = await make_db(audit_lanes=4, pool_size=5)
+    async with lanes_db.clinic(clinic, role="doctor"):
+        await asyncio.gather(
+            *(lanes_db.execute_read(get(pid), QueryOptions.for_phi()) for _ in range(24))
+        )
+    events = await audit_rows(lanes_db, clinic)
+    by_lane: dict[int, list[int]] = {}
+    for event in events:
+        by_lane.setdefault(event.lane, []).append(event.seq or 0)
+    postgres = owner_url.startswith("postgresql")
+    assert len(by_lane) > 1 if postgres else set(by_lane) == {0}
+    for seqs in by_lane.values():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert sum(map(len, by_lane.values())) == 25  # the create and 24 reads
+
+    settings = Settings(database_url=owner_url)
+    engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)
+    try:
+        async with (
+            engine.connect() as conn,
+            conn.begin() as transaction,
+            AsyncSession(bind=conn) as session,
+        ):
+            if postgres:  # before any cursor is open on the table in this transaction
+                await conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+            assert (await audit.verify(session, clinic)).ok
+            if postgres:  # tamper with a row of a lane other than 0, then roll back
+                lane = max(by_lane)
+                await conn.execute(
+                    text(
+                        "UPDATE audit_events SET action = 'phi.nothing' "
+                        "WHERE clinic_id = :c AND lane = :l AND seq = 1"
+                    ),
+                    {"c": str(clinic), "l": lane},
+                )
+                result = await audit.verify(session, clinic)
+                assert not result.ok
+                assert result.first_bad is not None
+                assert (result.first_bad.lane, result.first_bad.seq) == (lane, 1)
+            await transaction.rollback()
+    finally:
+        await engine.dispose()

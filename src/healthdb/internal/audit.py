@@ -1,18 +1,20 @@
 """The audit hash chain: append events to a clinic's chain, and verify every chain.
 
-Each clinic has its own chain. :func:`append` gives a new event the next ``seq`` of its
-clinic (1, 2, 3, ...), links it to the previous row (``prev_hash``: that row's
-``row_hash``, or 64 zeros for the first) and seals it: ``row_hash`` is the sha256 of the
-canonical JSON of every column except ``row_hash`` itself (``seq`` and ``prev_hash``
-included). Editing, deleting, inserting or reordering rows therefore breaks the chain, and
-:func:`verify` names the first broken row.
+Each clinic has its own chain, split into *lanes* (independent sub-chains, migration
+0005). :func:`append` gives a new event the next ``seq`` of its clinic's lane (1, 2, 3,
+...), links it to the previous row of that lane (``prev_hash``: that row's ``row_hash``, or
+64 zeros for the first) and seals it: ``row_hash`` is the sha256 of the canonical JSON of
+every column except ``row_hash`` and ``lane`` (``seq`` and ``prev_hash`` included). Editing,
+deleting, inserting, reordering or moving rows between lanes therefore breaks a chain, and
+:func:`verify` names the first broken row and its lane.
 
-Appends to one clinic are serialised inside the caller's write transaction: on PostgreSQL
-by ``pg_advisory_xact_lock`` on a key derived from the clinic id (released at commit or
-rollback), on SQLite by the database write lock, which the facade's write transactions take
-up front (``BEGIN IMMEDIATE``). The database itself refuses UPDATE and DELETE on
-``audit_events`` (migration 0003), and a unique index on ``(clinic_id, seq)`` backs the
-sequence.
+Appends to one lane are serialised inside the caller's write transaction: on PostgreSQL by
+``pg_advisory_xact_lock`` on a key derived from the clinic id and lane (released at commit
+or rollback); an append takes the first free lane, so up to ``lanes`` transactions of one
+clinic audit at once. On SQLite the database write lock, which the facade's write
+transactions take up front (``BEGIN IMMEDIATE``), serialises everything and one lane is
+used. The database itself refuses UPDATE and DELETE on ``audit_events`` (migration 0003),
+and a unique index on ``(clinic_id, lane, seq)`` backs the sequence.
 
 What a chain cannot prove: someone who can rewrite the table *and* recompute every hash
 after the tampered row (the database owner, with the trigger disabled) can forge a
@@ -24,12 +26,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import current_scope
@@ -82,6 +85,7 @@ class BadRow:
     clinic_id: uuid.UUID
     seq: int | None
     reason: str
+    lane: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +95,11 @@ class VerifyResult:
     first_bad: BadRow | None = None
 
 
-def clinic_lock_key(clinic_id: uuid.UUID) -> int:
-    """The signed 64-bit ``pg_advisory_xact_lock`` key of a clinic's chain (namespaced, so it
-    cannot collide with other advisory locks keyed on the same uuid)."""
-    digest = hashlib.sha256(_LOCK_NAMESPACE + clinic_id.bytes).digest()
+def clinic_lock_key(clinic_id: uuid.UUID, lane: int = 0) -> int:
+    """The signed 64-bit ``pg_advisory_xact_lock`` key of one lane of a clinic's chain
+    (namespaced, so it cannot collide with other advisory locks keyed on the same uuid)."""
+    suffix = b"" if lane == 0 else b":" + str(lane).encode()
+    digest = hashlib.sha256(_LOCK_NAMESPACE + clinic_id.bytes + suffix).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -153,19 +158,29 @@ def _prepare(event: AuditEvent) -> uuid.UUID:
     return event.clinic_id
 
 
-async def append_many(session: AsyncSession, events: Sequence[AuditEvent]) -> list[AuditEvent]:
-    """:func:`append` for several events: one lock and one chain-head read per clinic."""
+async def append_many(
+    session: AsyncSession, events: Sequence[AuditEvent], *, lanes: int = 1
+) -> list[AuditEvent]:
+    """:func:`append` for several events: one lock and one chain-head read per clinic.
+
+    With ``lanes`` > 1 (PostgreSQL), a clinic's events go to the first of its ``lanes``
+    chains whose lock is free (tried from a random lane, waiting only when all are busy), so
+    concurrent transactions of one clinic do not queue behind one lock held until COMMIT.
+    """
     by_clinic: dict[uuid.UUID, list[AuditEvent]] = {}
     for event in events:
         by_clinic.setdefault(_prepare(event), []).append(event)
     postgres = _is_postgres(session)
     for clinic_id, chain in by_clinic.items():
-        if postgres:
-            await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id))))
+        lane = await _lock_lane(session, clinic_id, lanes) if postgres else 0
         last = (
             await session.execute(
                 select(AuditEvent.seq, AuditEvent.row_hash)
-                .where(AuditEvent.clinic_id == clinic_id, AuditEvent.seq.is_not(None))
+                .where(
+                    AuditEvent.clinic_id == clinic_id,
+                    AuditEvent.lane == lane,
+                    AuditEvent.seq.is_not(None),
+                )
                 .order_by(AuditEvent.seq.desc())
                 .limit(1)
             )
@@ -174,12 +189,33 @@ async def append_many(session: AsyncSession, events: Sequence[AuditEvent]) -> li
         prev = GENESIS_HASH if last is None else (last.row_hash or GENESIS_HASH)
         for event in chain:
             seq += 1
+            event.lane = lane
             event.seq = seq
             event.prev_hash = prev
             event.row_hash = prev = row_hash({name: getattr(event, name) for name in _SEALED})
     session.add_all(events)
     await session.flush()
     return list(events)
+
+
+_TRY_LANES = text(
+    "SELECT k.i FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS k(key, i) "
+    "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1"
+)
+
+
+async def _lock_lane(session: AsyncSession, clinic_id: uuid.UUID, lanes: int) -> int:
+    """Lock one lane of the clinic's chain for this transaction and return it."""
+    start = secrets.randbelow(lanes) if lanes > 1 else 0
+    order = [(start + i) % lanes for i in range(lanes)]
+    if lanes > 1:
+        keys = [clinic_lock_key(clinic_id, lane) for lane in order]
+        free = (await session.execute(_TRY_LANES, {"keys": keys})).scalar()
+        if free is not None:
+            return order[int(free) - 1]
+    # Every lane busy (or one lane): queue on the first, as a single chain always did.
+    await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id, start))))
+    return start
 
 
 _COLUMNS = tuple(getattr(AuditEvent, name) for name in (*_SEALED, "row_hash"))
@@ -216,10 +252,12 @@ def _check(
     return None
 
 
-async def _walk(session: AsyncSession, clinic_id: uuid.UUID) -> tuple[int, BadRow | None]:
+async def _walk(
+    session: AsyncSession, clinic_id: uuid.UUID, lane: int
+) -> tuple[int, BadRow | None]:
     statement = (
         select(*_COLUMNS)
-        .where(AuditEvent.clinic_id == clinic_id)
+        .where(AuditEvent.clinic_id == clinic_id, AuditEvent.lane == lane)
         .order_by(AuditEvent.seq.asc().nulls_last(), AuditEvent.id)
         .execution_options(yield_per=_STREAM_BATCH)
     )
@@ -233,12 +271,17 @@ async def _walk(session: AsyncSession, clinic_id: uuid.UUID) -> tuple[int, BadRo
             fields = dict(row._mapping)
             problem = _check(fields, expected_seq, prev_hash)
             if problem is not None:
-                return checked, BadRow(clinic_id, problem[0], problem[1])
+                return checked, BadRow(clinic_id, problem[0], problem[1], lane)
             prev_hash = fields["row_hash"]
             expected_seq += 1
     finally:
         await result.close()
     return checked, None
+
+
+async def _lanes(session: AsyncSession, clinic_id: uuid.UUID) -> list[int]:
+    stmt = select(AuditEvent.lane).where(AuditEvent.clinic_id == clinic_id).distinct()
+    return sorted((await session.execute(stmt)).scalars())
 
 
 async def verify(session: AsyncSession, clinic_id: uuid.UUID | None = None) -> VerifyResult:
@@ -264,8 +307,11 @@ async def verify(session: AsyncSession, clinic_id: uuid.UUID | None = None) -> V
     for clinic in clinics:
         if postgres:
             await session.execute(select(func.set_config(_CLINIC_SETTING, str(clinic), True)))
-        count, first_bad = await _walk(session, clinic)
-        checked += count
+        for lane in await _lanes(session, clinic):
+            count, first_bad = await _walk(session, clinic, lane)
+            checked += count
+            if first_bad is not None:
+                break
         if first_bad is not None:
             break
     if postgres:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Index, String
+from sqlalchemy import JSON, BigInteger, Index, SmallInteger, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from healthdb.models.base import Base, Tenant, new_id, utcnow
@@ -17,11 +17,12 @@ class AuditEvent(Tenant, Base):
     __table_args__ = (
         Index(None, "clinic_id", "occurred_at"),
         Index(None, "clinic_id", "resource_type", "resource_id"),
-        # One position per clinic chain (migration 0003).
-        Index(None, "clinic_id", "seq", unique=True),
+        # One position per lane of a clinic's chain (migrations 0003, 0005).
+        Index(None, "clinic_id", "lane", "seq", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    lane: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))
     seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     actor_id: Mapped[uuid.UUID | None] = mapped_column(default=None)

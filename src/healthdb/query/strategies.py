@@ -50,6 +50,7 @@ async def unit_of_work(
     postgres: bool,
     on_commit: OnCommit,
     batch_statement_timeout_ms: int,
+    audit_lanes: int = 1,
 ) -> Any:
     """Run ``call.operation`` in one transaction and commit; invalidate after commit."""
     options = call.options
@@ -71,10 +72,12 @@ async def unit_of_work(
                 result = await call.operation(session)
                 records = await _accesses(session, call)
                 if records and not read_only:
-                    await _audit(session, call, records)
+                    await _audit(session, call, records, lanes=audit_lanes)
                 await session.commit()
                 if records and read_only:
-                    await _audit_apart(sessions, call, records, postgres=postgres)
+                    await _audit_apart(
+                        sessions, call, records, postgres=postgres, lanes=audit_lanes
+                    )
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
         tags = session.sync_session.info.get(WRITTEN_TAGS)
@@ -108,7 +111,7 @@ async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
     return records
 
 
-async def _audit(session: AsyncSession, call: Call, records: list[Access]) -> None:
+async def _audit(session: AsyncSession, call: Call, records: list[Access], *, lanes: int) -> None:
     """Write the audit rows in the unit's own transaction: no row, no commit."""
     if call.scope is None:
         raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
@@ -117,7 +120,7 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access]) -> No
     # (the runtime role may only SELECT and INSERT audit rows).
     session.sync_session.info.pop(PESSIMISTIC, None)
     try:
-        await audit.append_many(session, events)
+        await audit.append_many(session, events, lanes=lanes)
     except Exception as exc:
         if is_transient(exc):
             raise  # a serialization failure or a busy SQLite: the whole unit is re-run
@@ -125,14 +128,14 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access]) -> No
 
 
 async def _audit_apart(
-    sessions: Sessions, call: Call, records: list[Access], *, postgres: bool
+    sessions: Sessions, call: Call, records: list[Access], *, postgres: bool, lanes: int
 ) -> None:
     """A read-only unit's audit rows, in a write transaction right after it. The caller gets
     the result only once they are committed."""
     async with sessions.write() as session:
         if postgres and call.scope is not None:
             await _set_clinic(session, call)
-        await _audit(session, call, records)
+        await _audit(session, call, records, lanes=lanes)
         await session.commit()
 
 

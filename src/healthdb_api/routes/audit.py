@@ -2,8 +2,9 @@
 audit chain of their own clinic.
 
 ``GET /api/v1/admin/audit`` lists events newest first (``order=asc`` for oldest first),
-keyset-paginated on the chain position ``seq``: pass ``next_cursor`` back, with the same
-``order``, for the next page. Filters combine with AND:
+keyset-paginated on ``(occurred_at, id)`` (a clinic's trail is several chain lanes, so
+``seq`` orders only within a lane): pass ``next_cursor`` back, with the same ``order``, for
+the next page. Filters combine with AND:
 
 * ``patient_id``: events about that patient (``resource_type`` ``patients`` and that id;
   events about the patient's appointments carry the appointment's id instead);
@@ -11,7 +12,8 @@ keyset-paginated on the chain position ``seq``: pass ``next_cursor`` back, with 
 * ``from`` (inclusive) / ``to`` (exclusive): timestamps with a UTC offset.
 
 ``POST /api/v1/admin/audit/verify`` walks the clinic's whole chain and answers ``ok``, how
-many rows were ``checked`` and, when broken, the first bad row's ``seq`` and ``reason``.
+many rows were ``checked`` and, when broken, the first bad row's ``lane``, ``seq`` and
+``reason``.
 
 Both run inside the admin's clinic scope, so another clinic's events are never visible or
 verified, whatever the parameters. Reading the trail is not itself audited: the trail holds
@@ -48,6 +50,7 @@ class AuditEventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    lane: int
     seq: int
     occurred_at: dt.datetime
     clinic_id: uuid.UUID
@@ -74,6 +77,7 @@ class AuditPage(BaseModel):
 class BadRowOut(BaseModel):
     """Where the chain breaks: ``seq`` is ``null`` for a row inserted without one."""
 
+    lane: int
     seq: int | None
     reason: str
 
@@ -144,5 +148,5 @@ async def verify_audit_chain(admin: Admin, db: Db) -> VerifyOut:
     return VerifyOut(
         ok=result.ok,
         checked=result.checked,
-        first_bad=None if bad is None else BadRowOut(seq=bad.seq, reason=bad.reason),
+        first_bad=None if bad is None else BadRowOut(lane=bad.lane, seq=bad.seq, reason=bad.reason),
     )
