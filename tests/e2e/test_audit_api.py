@@ -163,9 +163,7 @@ async def test_filters_and_cursor_pagination(client: httpx.AsyncClient) -> None:
     assert len({(e["lane"], e["seq"]) for e in everything}) == len(everything)
     stamps = [(e["occurred_at"], e["id"]) for e in everything]
     assert stamps == sorted(stamps)
-    assert [e["id"] for e in await events(client, admin, limit=1)] == [
-        e["id"] for e in everything
-    ]
+    assert [e["id"] for e in await events(client, admin, limit=1)] == [e["id"] for e in everything]
 
     creates = await events(client, admin, action="phi.create")
     assert [e["resource_id"] for e in creates] == ids
