@@ -397,3 +397,23 @@ async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
             await transaction.rollback()
     finally:
         await engine.dispose()
+
+
+async def test_a_pages_look_ahead_row_is_not_recorded_as_read(
+    db: DatabaseService, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    from healthdb.repositories import PatientRepository
+
+    clinic = await make_clinic()
+    first = await make_patient(clinic, mrn="LOOKAHEAD-1")
+    await make_patient(clinic, mrn="LOOKAHEAD-2")
+
+    async def page(session: AsyncSession) -> list[uuid.UUID]:
+        result = await PatientRepository(session).list(limit=1, sort="mrn")
+        assert result.next_cursor is not None
+        return [p.id for p in result.items]
+
+    async with db.clinic(clinic, role="doctor"):
+        assert await db.execute_read(page) == [first]
+    reads = [e.resource_id for e in await audit_rows(db, clinic) if e.action == "phi.read"]
+    assert reads == [str(first)]

@@ -31,7 +31,16 @@ from healthdb.phi.crypto import BLIND_INDEX_OF, current_keyring
 from healthdb.phi.declaration import phi_fields
 from healthdb.phi.masking import MaskedValue, Visibility, mask_value, visibility
 
-__all__ = ["Access", "audit_events", "install", "mask_touched", "pending", "take_pending"]
+__all__ = [
+    "Access",
+    "audit_events",
+    "forget_since",
+    "install",
+    "mark",
+    "mask_touched",
+    "pending",
+    "take_pending",
+]
 
 _PENDING = "healthdb.phi.pending"
 _TOUCHED = "healthdb.phi.touched"
@@ -75,6 +84,21 @@ def take_pending(session: Session) -> list[Access]:
     """The recorded accesses, removing them (deduplicated, in order)."""
     records = session.info.pop(_PENDING, [])
     return list(dict.fromkeys(records))
+
+
+def mark(session: Session) -> int:
+    """A position in the session's recorded accesses, for :func:`forget_since`."""
+    return len(pending(session))
+
+
+def forget_since(session: Session, position: int, instances: Iterable[Any]) -> None:
+    """Drop the reads of ``instances`` recorded after ``position``: rows a query fetched
+    only to look ahead (a page's extra row) and never handed to anyone."""
+    unseen = {(type(obj), _resource_id(obj)) for obj in instances}
+    records = pending(session)
+    records[position:] = [r for r in records[position:] if (r.model, r.resource_id) not in unseen]
+    touched = _touched(session)
+    touched[:] = [obj for obj in touched if (type(obj), _resource_id(obj)) not in unseen]
 
 
 def _touched(session: Session) -> list[Any]:

@@ -24,6 +24,7 @@ from sqlalchemy.types import TypeEngine
 
 from healthdb.context import as_uuid
 from healthdb.errors import ConflictError, IntegrityViolation, InvalidInput, NotFound
+from healthdb.internal import phi_access
 from healthdb.models import Base
 from healthdb.repositories.pagination import (
     DEFAULT_LIMIT,
@@ -153,9 +154,12 @@ class Repository(Generic[M]):
         else:
             stmt = stmt.order_by(column.asc(), self._info.id.asc())
         # One extra row tells whether another page exists, without a COUNT.
+        recorded = phi_access.mark(self.session.sync_session)
         rows = list((await self.session.scalars(stmt.limit(limit + 1))).all())
         if len(rows) <= limit:
             return Page(items=rows, next_cursor=None)
+        # The look-ahead row is never returned: it was not disclosed, so it is not audited.
+        phi_access.forget_since(self.session.sync_session, recorded, rows[limit:])
         rows = rows[:limit]
         last = rows[-1]
         token = encode_cursor(
