@@ -6,14 +6,18 @@ The public API is exactly ``__all__``; ``healthdb.internal`` and the pipeline ma
 
 from healthdb.context import ClinicScope, Role, as_uuid, current_scope
 from healthdb.errors import (
+    AuditWriteFailed,
     ClinicContextRequired,
     ConflictError,
     DatabaseError,
     DatabaseUnavailable,
+    EncryptionError,
+    EncryptionKeyMissing,
     HealthdbError,
     IntegrityViolation,
     InvalidInput,
     NotFound,
+    PhiNotCacheable,
     PoolTimeout,
     QueryTimeout,
     RateLimited,
@@ -31,6 +35,7 @@ from healthdb.service import DatabaseService
 from healthdb.settings import Settings
 
 __all__ = [
+    "AuditWriteFailed",
     "BatchFailure",
     "BatchResult",
     "CacheKey",
@@ -40,12 +45,15 @@ __all__ = [
     "DatabaseError",
     "DatabaseService",
     "DatabaseUnavailable",
+    "EncryptionError",
+    "EncryptionKeyMissing",
     "HealthReport",
     "HealthdbError",
     "IntegrityViolation",
     "InvalidInput",
     "IsolationLevel",
     "NotFound",
+    "PhiNotCacheable",
     "PoolStatus",
     "PoolTimeout",
     "QueryOptions",

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from healthdb import (
+    AuditWriteFailed,
     ClinicContextRequired,
     ConflictError,
     DatabaseUnavailable,
@@ -49,6 +50,9 @@ STATUS: list[tuple[type[HealthdbError], int]] = [
     (RateLimited, 429),
     (ServiceClosed, 503),
     (DatabaseUnavailable, 503),
+    # The access happened in a transaction that was rolled back: nothing was disclosed or
+    # written, and the client may retry once the audit trail accepts rows again.
+    (AuditWriteFailed, 503),
 ]
 
 
