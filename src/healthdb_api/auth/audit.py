@@ -12,9 +12,8 @@ What is recorded, and in which transaction:
   (:func:`healthdb_api.auth.routes.add_user`), so registration, the users routes and the
   CLI all record it.
 * ``user.role_change``: in the transaction that changes the role (the users routes).
-* ``auth.refresh_reuse`` (outcome ``denied``): right after the transaction that revoked
-  the token family commits (that transaction belongs to :mod:`healthdb_api.auth.sessions`),
-  in the token's clinic, the actor being the token's owner.
+* ``auth.refresh_reuse`` (outcome ``denied``): in the transaction that revokes the token
+  family (:func:`healthdb_api.auth.sessions.rotate`), the actor being the token's owner.
 
 An unknown e-mail belongs to no clinic and so to no chain: it is logged as a
 ``login_failed_unknown_account`` security event (request id and client address, never the
@@ -31,10 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import DatabaseService, QueryOptions, audit_log
 from healthdb.models import User
-from healthdb.repositories import UserRepository
-from healthdb_api.auth import sessions
 
-__all__ = ["client_addr", "login_failed", "refresh_reused", "request_id", "unknown_account"]
+__all__ = ["client_addr", "login_failed", "request_id", "unknown_account"]
 
 log = structlog.get_logger("healthdb_api.auth")
 
@@ -72,31 +69,3 @@ async def login_failed(
 
     log.info("login_failed", user_id=str(user_id))
     await db.execute_write(op, QueryOptions.for_write("auth.login_failed"))
-
-
-async def refresh_reused(
-    db: DatabaseService, request: Request, clinic_id: uuid.UUID, rotation: sessions.Rotation
-) -> None:
-    """Audit a spent refresh token presented again (its family is already revoked)."""
-    user_id = rotation.user_id
-
-    async def op(session: AsyncSession) -> None:
-        user = None if user_id is None else await UserRepository(session).get(user_id)
-        await audit_log.record(
-            session,
-            "auth.refresh_reuse",
-            "refresh_tokens",
-            rotation.family_id,
-            outcome=audit_log.Outcome.DENIED,
-            reason="a spent refresh token was presented again; its family was revoked",
-            actor_role=None if user is None else user.role,
-        )
-
-    async with db.clinic(
-        clinic_id,
-        actor=user_id,
-        purpose=sessions.PURPOSE,
-        request_id=request_id(request),
-        client_addr=client_addr(request),
-    ):
-        await db.execute_write(op, QueryOptions.for_write("auth.refresh_reuse"))

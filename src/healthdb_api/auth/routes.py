@@ -316,11 +316,8 @@ async def refresh(
         body.refresh_token,
         ttl_seconds=settings.refresh_token_ttl,
         request_id=auth_audit.request_id(request),
+        client_addr=auth_audit.client_addr(request),
     )
-    if rotation.outcome is sessions.Outcome.REUSED:
-        parsed = sessions.parse_refresh_token(body.refresh_token)
-        assert parsed is not None  # a reuse was found by this very token
-        await auth_audit.refresh_reused(db, request, parsed.clinic_id, rotation)
     if rotation.outcome is not sessions.Outcome.OK or rotation.user is None:
         raise ApiError(
             401,

@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import CursorResult, Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import DatabaseService, QueryOptions
+from healthdb import DatabaseService, QueryOptions, audit_log
 from healthdb.models import Clinic, RefreshToken, User
 from healthdb.repositories import UserRepository
 
@@ -140,12 +140,35 @@ class Rotation:
     user_id: uuid.UUID | None = None
 
 
+async def _reused(session: AsyncSession, row: RefreshToken, now: dt.datetime) -> Rotation:
+    """Revoke the family of a token presented again, and audit it in the same transaction."""
+    await revoke_family(session, row.family_id, now)
+    user = await UserRepository(session).get(row.user_id)
+    await audit_log.record(
+        session,
+        "auth.refresh_reuse",
+        "refresh_tokens",
+        row.family_id,
+        outcome=audit_log.Outcome.DENIED,
+        reason="a spent refresh token was presented again; its family was revoked",
+        actor_id=row.user_id,
+        actor_role=None if user is None else user.role,
+    )
+    return Rotation(Outcome.REUSED, family_id=row.family_id, user_id=row.user_id)
+
+
 async def rotate(
-    db: DatabaseService, token: str, *, ttl_seconds: int, request_id: str | None = None
+    db: DatabaseService,
+    token: str,
+    *,
+    ttl_seconds: int,
+    request_id: str | None = None,
+    client_addr: str | None = None,
 ) -> Rotation:
     """Spend ``token`` and issue its successor in the same family (one transaction).
 
-    Returns the outcome instead of raising so that a reuse's revocation is committed.
+    Returns the outcome instead of raising so that a reuse's revocation (and its audit row)
+    is committed.
     """
     parsed = parse_refresh_token(token)
     if parsed is None:
@@ -161,8 +184,7 @@ async def rotate(
         if row is None or row.revoked_at is not None:
             return Rotation(Outcome.INVALID)
         if row.used_at is not None:
-            await revoke_family(session, row.family_id, now)
-            return Rotation(Outcome.REUSED, family_id=row.family_id, user_id=row.user_id)
+            return await _reused(session, row, now)
         if row.expires_at <= now:
             return Rotation(Outcome.INVALID)
         spent = await _rowcount(
@@ -177,8 +199,7 @@ async def rotate(
         )
         if spent != 1:
             # Spent (or revoked) by a concurrent request since we read it: a second use.
-            await revoke_family(session, row.family_id, now)
-            return Rotation(Outcome.REUSED, family_id=row.family_id, user_id=row.user_id)
+            return await _reused(session, row, now)
         user = await UserRepository(session).get(row.user_id)
         clinic = await session.get(Clinic, parsed.clinic_id)
         if user is None or not user.active or clinic is None or not clinic.active:
@@ -194,7 +215,9 @@ async def rotate(
         )
         return Rotation(Outcome.OK, user=user, refresh_token=successor, family_id=row.family_id)
 
-    async with db.clinic(parsed.clinic_id, purpose=PURPOSE, request_id=request_id):
+    async with db.clinic(
+        parsed.clinic_id, purpose=PURPOSE, request_id=request_id, client_addr=client_addr
+    ):
         rotation = await db.execute_write(op, QueryOptions.for_write("auth.refresh"))
     if rotation.outcome is Outcome.REUSED:
         log.warning(
