@@ -93,12 +93,17 @@ def _scope_statement(state: ORMExecuteState) -> None:
 def _scope_implicit_froms(statement: Select[Any], clinic_id: uuid.UUID) -> Select[Any]:
     """The loader criteria reach entities the statement selects or joins, not a tenant table
     that enters FROM only through a column in WHERE (``select(func.count()).where(
-    func.lower(Patient.mrn) == x)``): filter every plain tenant table in the final FROM list
-    explicitly. A duplicate of a predicate the criteria already added is harmless."""
+    func.lower(Patient.mrn) == x)``): filter every plain tenant table that the WHERE clause
+    brings into the outer FROM list explicitly. A duplicate of a predicate the criteria
+    already added is harmless; subqueries are scoped by the criteria on their own."""
     names = _tenant_name_set()
-    for table in _plain_tables(statement.get_final_froms()):
-        if str(table.name).lower() in names:
-            statement = statement.where(table.c.clinic_id == clinic_id)
+    seen: set[str] = set()
+    for criterion in statement._where_criteria:
+        for table in _plain_tables(criterion._from_objects):
+            name = str(table.name).lower()
+            if name in names and name not in seen:
+                seen.add(name)
+                statement = statement.where(table.c.clinic_id == clinic_id)
     return statement
 
 
