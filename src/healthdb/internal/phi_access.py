@@ -26,14 +26,13 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from healthdb.context import ClinicScope
 from healthdb.errors import InvalidInput
-from healthdb.models import AuditEvent
 from healthdb.phi.crypto import BLIND_INDEX_OF, current_keyring
 from healthdb.phi.declaration import phi_fields
 from healthdb.phi.masking import MaskedValue, Visibility, mask_value, visibility
 
 __all__ = [
     "Access",
-    "audit_events",
+    "audit_rows",
     "forget_since",
     "install",
     "mark",
@@ -215,32 +214,36 @@ def install(session_class: type[Session]) -> None:
             event.listen(session_class, name, listener)
 
 
-def audit_events(
+def audit_rows(
     records: Sequence[Access], scope: ClinicScope, *, reason: str | None = None
-) -> list[AuditEvent]:
-    """One unsealed :class:`AuditEvent` per access, stamped with the scope's who and why."""
-    events = []
+) -> list[dict[str, Any]]:
+    """One unsealed audit row (column mapping) per access, stamped with the scope's who and
+    why, for :func:`healthdb.internal.audit.append_rows`."""
+    common = {
+        "clinic_id": scope.clinic_id,
+        "actor_id": scope.actor,
+        "actor_role": scope.role.value,
+        "purpose": scope.purpose[:64],
+        "outcome": "success",
+        "request_id": scope.request_id[:64],
+        "client_addr": scope.client_addr,
+        "reason": None if reason is None else reason[:500],
+    }
+    rows = []
     for record in records:
         action = record.action
         if action == "phi.read" and record.masked_for(scope):
             action = "phi.read_masked"
-        events.append(
-            AuditEvent(
-                clinic_id=scope.clinic_id,
-                actor_id=scope.actor,
-                actor_role=scope.role.value,
-                action=action,
-                resource_type=record.resource_type,
-                resource_id=record.resource_id,
-                phi_fields=list(record.fields),
-                purpose=scope.purpose[:64],
-                outcome="success",
-                request_id=scope.request_id[:64],
-                client_addr=scope.client_addr,
-                reason=None if reason is None else reason[:500],
-            )
+        rows.append(
+            {
+                **common,
+                "action": action,
+                "resource_type": record.resource_type,
+                "resource_id": record.resource_id,
+                "phi_fields": list(record.fields),
+            }
         )
-    return events
+    return rows
 
 
 def mask_touched(session: Session, scope: ClinicScope) -> None:

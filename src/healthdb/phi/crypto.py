@@ -178,11 +178,24 @@ class EncryptedText(TypeDecorator[str]):
         return current_keyring().decrypt(str(value), aad=self.aad)
 
 
+_INDEXES: dict[type[Any], tuple[tuple[str, str], ...]] = {}
+
+
+def _blind_indexes(model: type[Any]) -> tuple[tuple[str, str], ...]:
+    """``(index column, source attribute)`` pairs of ``model``, looked up once."""
+    pairs = _INDEXES.get(model)
+    if pairs is None:
+        pairs = _INDEXES[model] = tuple(
+            (column.key, column.info[BLIND_INDEX_OF])
+            for column in model.__table__.columns
+            if BLIND_INDEX_OF in column.info
+        )
+    return pairs
+
+
 def fill_blind_indexes(model: type[Any], values: dict[str, Any], keyring: Keyring) -> None:
     """Set each blind-index column of ``model`` in ``values`` from its source attribute."""
-    table = model.__table__
-    for column in table.columns:
-        source = column.info.get(BLIND_INDEX_OF)
-        if source is not None and source in values:
+    for target, source in _blind_indexes(model):
+        if source in values:
             plain = values[source]
-            values[column.key] = None if plain is None else keyring.blind_index(str(plain))
+            values[target] = None if plain is None else keyring.blind_index(str(plain))

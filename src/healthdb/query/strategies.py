@@ -115,12 +115,12 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access], *, la
     """Write the audit rows in the unit's own transaction: no row, no commit."""
     if call.scope is None:
         raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
-    events = phi_access.audit_events(records, call.scope, reason=call.reason)
+    rows = phi_access.audit_rows(records, call.scope, reason=call.reason)
     # The op is done: its row locks stay, but the chain-head read must not take FOR UPDATE
     # (the runtime role may only SELECT and INSERT audit rows).
     session.sync_session.info.pop(PESSIMISTIC, None)
     try:
-        await audit.append_many(session, events, lanes=lanes)
+        await audit.append_rows(session, rows, lanes=lanes)
     except Exception as exc:
         if is_transient(exc):
             raise  # a serialization failure or a busy SQLite: the whole unit is re-run
