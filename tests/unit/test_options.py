@@ -55,10 +55,10 @@ def test_constructors_set_their_fields() -> None:
 
 
 def test_chaining_returns_new_values_and_keeps_earlier_choices() -> None:
-    base = QueryOptions.for_phi()
+    base = QueryOptions.for_read()
     chained = base.cached(KEY, ttl=5).named("patient.get").with_timeout(2.5)
     assert chained is not base
-    assert chained.phi  # kept from for_phi()
+    assert not chained.phi
     assert chained.read_strategy is ReadStrategy.CACHED
     assert chained.cache_key == KEY
     assert chained.cache_ttl == 5
@@ -67,7 +67,7 @@ def test_chaining_returns_new_values_and_keeps_earlier_choices() -> None:
     # The original is untouched.
     assert base.read_strategy is ReadStrategy.PRIMARY
     assert base.cache_key is None
-    assert base.name == "phi"
+    assert base.name == "read"
     assert base.timeout is None
     assert QueryOptions().on_replica().read_strategy is ReadStrategy.REPLICA
     assert QueryOptions().batch().write_strategy is WriteStrategy.BATCH
@@ -164,3 +164,8 @@ def test_bad_max_retries_is_refused(retries: object) -> None:
 def test_invalid_input_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="operation name"):
         QueryOptions().named("")
+
+
+def test_phi_reads_cannot_be_cached() -> None:
+    with pytest.raises(InvalidInput, match="never cached"):
+        QueryOptions.for_phi().cached(KEY)

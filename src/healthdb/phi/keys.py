@@ -88,7 +88,7 @@ def _refuse_if_encrypted_values_exist(settings: Settings, key_file: Path) -> Non
         return
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
         try:
-            row = conn.execute("SELECT 1 FROM patients WHERE ssn IS NOT NULL LIMIT 1").fetchone()
+            row = conn.execute("SELECT 1 FROM patients WHERE ssn LIKE 'v1.%' LIMIT 1").fetchone()
         except sqlite3.OperationalError:
             return  # not migrated yet: nothing is encrypted
     if row is not None:

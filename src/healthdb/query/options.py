@@ -86,6 +86,8 @@ class QueryOptions:
         """Serve from the query cache; ``key`` comes from :mod:`healthdb.query.keys`."""
         if not isinstance(key, CacheKey):
             raise InvalidInput("cached() needs a CacheKey from healthdb.query.keys")
+        if self.phi:
+            raise InvalidInput("PHI reads are audited one by one and never cached")
         if ttl is not None and ttl <= 0:
             raise InvalidInput("ttl must be positive")
         return replace(self, read_strategy=ReadStrategy.CACHED, cache_key=key, cache_ttl=ttl)
