@@ -417,3 +417,61 @@ async def test_a_pages_look_ahead_row_is_not_recorded_as_read(
         assert await db.execute_read(page) == [first]
     reads = [e.resource_id for e in await audit_rows(db, clinic) if e.action == "phi.read"]
     assert reads == [str(first)]
+
+
+async def test_audited_reads_in_concurrent_repeatable_read_transactions_both_succeed(
+    pg_migrated_url: str,
+) -> None:
+    """PostgreSQL only (SQLite serialises writers up front, so no snapshot race exists): a
+    REPEATABLE READ transaction reads the chain head from its snapshot; when another
+    transaction appended to the same lane after that snapshot, the append collides, and the
+    whole unit is re-run with a fresh snapshot instead of failing."""
+    from healthdb import IsolationLevel, TransactionOptions
+    from healthdb.models import Clinic
+    from tests.integration.conftest import DEFAULTS, assert_pools_idle, patient_fields
+
+    settings = Settings(database_url=pg_migrated_url, **{**DEFAULTS, "audit_lanes": 1})
+    async with DatabaseService.connect(settings) as one_lane:
+        clinic = uuid.uuid4()
+        await one_lane.execute_write(lambda s: _add(s, Clinic(id=clinic, name="rr")))
+        new = Patient(**patient_fields())
+        async with one_lane.clinic(clinic, role="doctor"):
+            await one_lane.execute_write(lambda s: _add(s, new))
+        pid = new.id
+        first_committed = asyncio.Event()
+        second_read = asyncio.Event()
+        runs = 0
+
+        async def first(session: AsyncSession) -> Patient | None:
+            await second_read.wait()
+            return await session.get(Patient, pid)
+
+        async def second(session: AsyncSession) -> Patient | None:
+            nonlocal runs
+            runs += 1
+            found = await session.get(Patient, pid)  # the snapshot is taken here
+            second_read.set()
+            if runs == 1:
+                await first_committed.wait()
+            return found
+
+        options = TransactionOptions.isolation_level(IsolationLevel.REPEATABLE_READ)
+
+        async def run_first() -> None:
+            await one_lane.execute_transaction(first, options)
+            first_committed.set()
+
+        async with one_lane.clinic(clinic, role="doctor"):
+            _, got = await asyncio.gather(
+                run_first(), one_lane.execute_transaction(second, options)
+            )
+        assert got is not None
+        assert runs == 2
+        reads = [e for e in await audit_rows(one_lane, clinic) if e.action == "phi.read"]
+        assert len(reads) == 2
+        assert_pools_idle(one_lane)
+
+
+async def _add(session: AsyncSession, obj: object) -> None:
+    session.add(obj)
+    await session.flush()

@@ -38,7 +38,10 @@ def _sqlite_message(exc: BaseException) -> str:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth re-running the whole transaction: serialization failure, deadlock, SQLite busy."""
+    """Worth re-running the whole transaction: serialization failure, deadlock, SQLite busy,
+    or a :class:`~healthdb.errors.TransientError` raised by the library for the same reason."""
+    if isinstance(exc, errors.TransientError):
+        return True
     if isinstance(exc, sa_exc.DBAPIError):
         if sqlstate(exc) in TRANSIENT_SQLSTATES:
             return True
