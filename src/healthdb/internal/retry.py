@@ -37,10 +37,17 @@ def _sqlite_message(exc: BaseException) -> str:
     return str(getattr(exc, "orig", "")).lower()
 
 
+class SnapshotConflict(errors.TransientError):
+    """Raised inside a unit whose snapshot turned out stale (the library's own equivalent of
+    a serialization failure): the whole unit is re-run. A plain ``TransientError`` is the
+    outcome *after* retries and is never retried again, so nested calls do not multiply
+    their retries."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth re-running the whole transaction: serialization failure, deadlock, SQLite busy,
-    or a :class:`~healthdb.errors.TransientError` raised by the library for the same reason."""
-    if isinstance(exc, errors.TransientError):
+    or a :class:`SnapshotConflict`."""
+    if isinstance(exc, SnapshotConflict):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
         if sqlstate(exc) in TRANSIENT_SQLSTATES:
@@ -51,6 +58,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def translate(exc: BaseException) -> errors.HealthdbError:
     """Map a SQLAlchemy/driver exception to the library hierarchy, with no values in it."""
+    if isinstance(exc, SnapshotConflict):  # retries exhausted: never retried again outside
+        return errors.TransientError(str(exc), retry_after=exc.retry_after)
     if isinstance(exc, errors.HealthdbError):
         return exc
     if isinstance(exc, sa_exc.StatementError) and isinstance(exc.orig, errors.HealthdbError):

@@ -22,13 +22,12 @@ from healthdb.errors import (
     ConflictError,
     PhiNotCacheable,
     QueryTimeout,
-    TransientError,
 )
 from healthdb.internal import audit, phi_access
 from healthdb.internal.isolation import PESSIMISTIC
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import WRITTEN_TAGS
-from healthdb.internal.retry import is_transient
+from healthdb.internal.retry import SnapshotConflict, is_transient
 from healthdb.internal.rls import SET_CLINIC
 from healthdb.query.options import (
     LockMode,
@@ -132,7 +131,7 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access], *, la
         # Only the chain's (clinic, lane, seq) can collide: a REPEATABLE READ / SERIALIZABLE
         # snapshot predates another transaction's append to this lane. Like a serialization
         # failure, re-running the whole unit with a fresh snapshot resolves it.
-        raise TransientError(
+        raise SnapshotConflict(
             "the audit chain moved under this transaction's snapshot; re-run", retry_after=0.1
         ) from exc
     except Exception as exc:
