@@ -37,6 +37,13 @@ def _sqlite_message(exc: BaseException) -> str:
     return str(getattr(exc, "orig", "")).lower()
 
 
+def is_unique_violation(exc: BaseException) -> bool:
+    """A duplicate key (PostgreSQL 23505, SQLite "UNIQUE constraint failed")."""
+    return isinstance(exc, sa_exc.IntegrityError) and (
+        sqlstate(exc) == "23505" or "unique constraint" in _sqlite_message(exc)
+    )
+
+
 class SnapshotConflict(errors.TransientError):
     """Raised inside a unit whose snapshot turned out stale (the library's own equivalent of
     a serialization failure): the whole unit is re-run. A plain ``TransientError`` is the
@@ -85,7 +92,7 @@ def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
     if code in TIMEOUT_SQLSTATES:
         return errors.QueryTimeout("a statement or lock wait exceeded its configured bound")
     if isinstance(exc, sa_exc.IntegrityError):
-        if code == "23505" or "unique constraint" in _sqlite_message(exc):
+        if is_unique_violation(exc):
             return errors.ConflictError("a row with the same unique key already exists")
         return errors.IntegrityViolation("the write violates a database constraint")
     if code == INSUFFICIENT_PRIVILEGE and "row-level security" in str(exc.orig):

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -27,7 +26,7 @@ from healthdb.internal import audit, phi_access
 from healthdb.internal.isolation import PESSIMISTIC
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import WRITTEN_TAGS
-from healthdb.internal.retry import SnapshotConflict, is_transient
+from healthdb.internal.retry import SnapshotConflict, is_transient, is_unique_violation
 from healthdb.internal.rls import SET_CLINIC
 from healthdb.query.options import (
     LockMode,
@@ -127,14 +126,15 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access], *, la
     session.sync_session.info.pop(PESSIMISTIC, None)
     try:
         await audit.append_rows(session, rows, lanes=lanes)
-    except IntegrityError as exc:
-        # Only the chain's (clinic, lane, seq) can collide: a REPEATABLE READ / SERIALIZABLE
-        # snapshot predates another transaction's append to this lane. Like a serialization
-        # failure, re-running the whole unit with a fresh snapshot resolves it.
-        raise SnapshotConflict(
-            "the audit chain moved under this transaction's snapshot; re-run", retry_after=0.1
-        ) from exc
     except Exception as exc:
+        if is_unique_violation(exc):
+            # Only the chain's (clinic, lane, seq) can collide: a REPEATABLE READ /
+            # SERIALIZABLE snapshot predates another transaction's append to this lane. Like a
+            # serialization failure, re-running the unit with a fresh snapshot resolves it.
+            raise SnapshotConflict(
+                "the audit chain moved under this transaction's snapshot; re-run",
+                retry_after=0.1,
+            ) from exc
         if is_transient(exc):
             raise  # a serialization failure or a busy SQLite: the whole unit is re-run
         raise AuditWriteFailed("the audit trail could not be written; access refused") from exc
