@@ -50,7 +50,7 @@ class BodySizeLimit:
             body.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(body), receive), send)
+        await self.app(scope, replay_body(b"".join(body), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _reject(
@@ -90,7 +90,7 @@ async def _reject(
     await response(scope, receive, send)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that yields the buffered body once, then defers to the server's."""
     sent = False
 

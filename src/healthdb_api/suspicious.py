@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from healthdb_api.limits import replay_body
 
 __all__ = ["RULES", "Finding", "SuspiciousInputMonitor", "detect", "scan"]
 
@@ -114,7 +116,7 @@ class SuspiciousInputMonitor:
             if disconnected:
                 return  # the client went away; nothing to answer
             findings.extend(_scan_body(body))
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         if findings:
             _report(scope, findings)
         await self.app(scope, receive, send)
@@ -150,17 +152,3 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields the buffered body once, then defers to the server's."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

@@ -26,7 +26,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from healthdb.context import ClinicScope
 from healthdb.errors import InvalidInput
-from healthdb.phi.crypto import BLIND_INDEX_OF, current_keyring
+from healthdb.phi.crypto import blind_index_pairs, current_keyring
 from healthdb.phi.declaration import phi_fields
 from healthdb.phi.masking import MaskedValue, Visibility, mask_value, visibility
 
@@ -163,14 +163,11 @@ def _before_flush(session: Session, _ctx: UOWTransaction, _instances: object) ->
 
 
 def _fill_blind_indexes(instance: Any, state: Any) -> None:
-    for column in type(instance).__table__.columns:
-        source = column.info.get(BLIND_INDEX_OF)
-        if source is None:
-            continue
+    for target, source in blind_index_pairs(type(instance)):
         if state.transient or state.pending or state.attrs[source].history.has_changes():
             value = state.dict.get(source)
             index = None if value is None else current_keyring().blind_index(str(value))
-            setattr(instance, column.key, index)
+            setattr(instance, target, index)
 
 
 def _changed(state: Any, fields: Iterable[str]) -> tuple[str, ...]:

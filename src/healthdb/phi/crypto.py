@@ -38,6 +38,7 @@ __all__ = [
     "BLIND_INDEX_OF",
     "EncryptedText",
     "Keyring",
+    "blind_index_pairs",
     "current_keyring",
     "generate_key",
     "key_id_of",
@@ -181,7 +182,7 @@ class EncryptedText(TypeDecorator[str]):
 _INDEXES: dict[type[Any], tuple[tuple[str, str], ...]] = {}
 
 
-def _blind_indexes(model: type[Any]) -> tuple[tuple[str, str], ...]:
+def blind_index_pairs(model: type[Any]) -> tuple[tuple[str, str], ...]:
     """``(index column, source attribute)`` pairs of ``model``, looked up once."""
     pairs = _INDEXES.get(model)
     if pairs is None:
@@ -195,7 +196,7 @@ def _blind_indexes(model: type[Any]) -> tuple[tuple[str, str], ...]:
 
 def fill_blind_indexes(model: type[Any], values: dict[str, Any], keyring: Keyring) -> None:
     """Set each blind-index column of ``model`` in ``values`` from its source attribute."""
-    for target, source in _blind_indexes(model):
+    for target, source in blind_index_pairs(model):
         if source in values:
             plain = values[source]
             values[target] = None if plain is None else keyring.blind_index(str(plain))
