@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Callable
 
 import pytest
 from pydantic import SecretStr
@@ -75,6 +76,14 @@ async def _rename(db: DatabaseService, cid: uuid.UUID, pid: uuid.UUID, name: str
         await db.execute_write(write)
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(250):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met within 5 s")
+
+
 async def test_a_write_in_one_process_evicts_the_other_processes_cache(
     pg_migrated_url: str,
 ) -> None:
@@ -86,6 +95,10 @@ async def test_a_write_in_one_process_evicts_the_other_processes_cache(
         assert b.bus is not None
         await asyncio.wait_for(b.bus.connected.wait(), 5)
         cid, pid = await _seed(a)
+        # The seed's own invalidations reach b asynchronously; one landing after b's first
+        # read would evict the entry this test wants cached, so let them all arrive first.
+        sent, got = a.bus, b.bus
+        await _until(lambda: got.applied >= sent.published)
         assert await _family_name(b, cid, pid) == "Before"
         assert await _family_name(b, cid, pid) == "Before"  # now served from b's cache
         assert b.cache.store.hits >= 1

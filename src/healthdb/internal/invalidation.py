@@ -41,6 +41,8 @@ class InvalidationBus:
         self._timeout = publish_timeout
         self.origin = uuid.uuid4().hex
         self.publish_failures = 0
+        self.published = 0  # messages this process sent
+        self.applied = 0  # messages from other processes this process acted on
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +59,7 @@ class InvalidationBus:
             self.publish_failures += 1
             log.warning("cache_invalidation_publish_failed", tags=len(tags))
             return False
+        self.published += 1
         return True
 
     async def _listen(self) -> None:
@@ -98,6 +101,7 @@ class InvalidationBus:
             return
         if origin != self.origin:
             self._on_remote(tags)
+            self.applied += 1
 
     async def close(self) -> None:
         if self._task is not None:
