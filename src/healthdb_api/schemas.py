@@ -124,6 +124,13 @@ class PatientCreate(_Request):
     notes: Notes | None = None
 
 
+class SsnLookup(_Request):
+    """``POST /api/v1/patients/ssn-lookup``: the SSN travels in the body, never in a URL
+    (URLs end up in proxy logs, browser history and Referer headers)."""
+
+    ssn: Annotated[str, _Trimmed, _bounded(64, min_length=1), _SingleLine]
+
+
 #: Fields a PATCH may set to ``null`` (the nullable columns); the others may only change.
 NULLABLE_PATIENT_FIELDS = frozenset({"phone", "email", "address", "ssn", "notes"})
 

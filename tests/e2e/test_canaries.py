@@ -63,6 +63,7 @@ async def test_bodies_carry_canaries_only_for_authorised_reads(client: httpx.Asy
         await client.get(url, headers=desk),
         await client.get(BASE, params={"name": chart["family_name"][:10]}, headers=desk),
         await client.get(BASE, params={"mrn": chart["mrn"]}, headers=desk),
+        await client.post(f"{BASE}/ssn-lookup", json={"ssn": chart["ssn"]}, headers=desk),
         await client.patch(url, json={"address": new_address}, headers={**desk, "If-Match": '"1"'}),
     ]
     for response in desk_reads:
@@ -133,6 +134,10 @@ async def test_no_canary_reaches_the_logs(client: httpx.AsyncClient) -> None:
     assert created.status_code == 201, created.text
     url = f"{BASE}/{created.json()['id']}"
     await client.get(BASE, params={"name": chart["given_name"][:8]}, headers=doctor)
+    found = await client.post(f"{BASE}/ssn-lookup", json={"ssn": chart["ssn"]}, headers=doctor)
+    assert found.json()["items"][0]["ssn"] == chart["ssn"]  # an authorised read, not logged
+    refused = await client.get(BASE, params={"ssn": canary("ssn")}, headers=doctor)
+    assert refused.status_code == 422 and not found_in(refused.text)
     await client.patch(url, json={"notes": canary("notes")}, headers={**doctor, "If-Match": '"1"'})
     await client.post(BASE, json={**chart, "phone": canary("phone")}, headers=doctor)
     await client.post("/api/v1/auth/login", json={"email": admin.email, "password": canary("pw")})

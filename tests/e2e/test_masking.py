@@ -89,7 +89,7 @@ async def test_get_list_and_ssn_lookup_are_masked_per_role(
     listed = await client.get(BASE, headers=headers)
     assert [p["id"] for p in listed.json()["items"]] == [patient["id"]]
     _check(role, listed.json()["items"][0])
-    found = await client.get(BASE, params={"ssn": SSN}, headers=headers)
+    found = await client.post(f"{BASE}/ssn-lookup", json={"ssn": SSN}, headers=headers)
     assert [p["id"] for p in found.json()["items"]] == [patient["id"]]
     _check(role, found.json()["items"][0])
 

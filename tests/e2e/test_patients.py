@@ -508,17 +508,38 @@ async def test_exact_ssn_lookup(client: httpx.AsyncClient) -> None:
     await create(client, admin.headers, ssn="111-22-3333")
     other = await register(client)
     await create(client, other.headers, ssn="123-45-6789")
+    lookup = f"{BASE}/ssn-lookup"
 
-    found = await client.get(BASE, params={"ssn": "123 45 6789"}, headers=desk)
+    found = await client.post(lookup, json={"ssn": "123 45 6789"}, headers=desk)
     assert found.status_code == 200, found.text
     assert [p["id"] for p in found.json()["items"]] == [ada["id"]]
     assert found.json()["items"][0]["ssn"] == "***-**-6789"
     assert found.json()["next_cursor"] is None
-    none = await client.get(BASE, params={"ssn": "999-99-9999"}, headers=desk)
+    none = await client.post(lookup, json={"ssn": "999-99-9999"}, headers=desk)
     assert none.json()["items"] == []
-    for params in ({"ssn": "123-45-6789", "name": "Ada"}, {"ssn": "***-**-6789"}, {"ssn": "--"}):
-        bad = await client.get(BASE, params=params, headers=desk)
-        assert bad.status_code == 422, (params, bad.text)
+    for body in (
+        {"ssn": "123-45-6789", "name": "Ada"},
+        {"ssn": "***-**-6789"},
+        {"ssn": "--"},
+        {"ssn": ""},
+        {"ssn": "1" * 65},
+        {"ssn": "123\x00456"},
+        {},
+    ):
+        bad = await client.post(lookup, json=body, headers=desk)
+        assert bad.status_code == 422, (body, bad.text)
+        assert "123-45-6789" not in bad.text
+
+
+async def test_an_ssn_in_a_url_is_refused_not_ignored(client: httpx.AsyncClient) -> None:
+    """Ignoring ``?ssn=`` would answer an old client with every patient; it is a 422 that
+    points at the body-based lookup, and the SSN is not echoed back."""
+    admin = await register(client)
+    await create(client, admin.headers, ssn="123-45-6789")
+    refused = await client.get(BASE, params={"ssn": "123-45-6789"}, headers=admin.headers)
+    assert refused.status_code == 422, refused.text
+    assert "/api/v1/patients/ssn-lookup" in refused.json()["error"]["message"]
+    assert "123-45-6789" not in refused.text
 
 
 async def test_control_characters_in_search_are_422(client: httpx.AsyncClient) -> None:

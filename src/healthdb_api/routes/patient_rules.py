@@ -10,7 +10,7 @@ role may see or write from :data:`healthdb.phi.POLICY`.
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
+from typing import Any, NoReturn
 
 from healthdb import Role
 from healthdb.models import Patient
@@ -31,7 +31,7 @@ __all__ = [
     "present",
     "refuse_masked",
     "search_term",
-    "ssn_alone",
+    "ssn_in_url",
 ]
 
 #: ``{attribute: PHI kind}`` of a patient: the policy is looked up per kind.
@@ -129,13 +129,13 @@ def search_term(value: str | None, field: str) -> str | None:
     return unicodedata.normalize("NFC", value).strip()
 
 
-def ssn_alone(*others: object) -> None:
-    """422 unless the SSN lookup comes without other criteria (or a cursor): it is an
-    exact match answered in one bounded page."""
-    if any(value is not None for value in others):
-        raise ApiError(
-            422,
-            "validation_error",
-            "ssn is an exact lookup; it cannot be combined with name, mrn, date_of_birth or cursor",
-            details=[{"loc": ["query", "ssn"], "msg": "use alone", "type": "exclusive"}],
-        )
+def ssn_in_url() -> NoReturn:
+    """422 for ``GET ?ssn=``: a URL is logged by proxies, kept in browser history and sent
+    in Referer headers, so an SSN must travel in a request body instead. Refused rather
+    than ignored, so that an old client is not silently answered with an unfiltered list."""
+    raise ApiError(
+        422,
+        "validation_error",
+        'ssn must not be sent in a URL; POST {"ssn": "..."} to /api/v1/patients/ssn-lookup',
+        details=[{"loc": ["query", "ssn"], "msg": "not accepted here", "type": "ssn_in_url"}],
+    )

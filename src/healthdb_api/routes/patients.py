@@ -34,7 +34,7 @@ from healthdb.models import Patient
 from healthdb.phi import PhiKind, Visibility, visibility
 from healthdb.repositories import MAX_LIMIT, PatientRepository
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
-from healthdb.repositories.patients import MAX_NAME_PREFIX, MAX_SSN_LENGTH
+from healthdb.repositories.patients import MAX_NAME_PREFIX
 from healthdb_api.deps import CurrentPrincipal, Db, Principal, require_roles, scope
 from healthdb_api.errors import ApiError
 from healthdb_api.routes.patient_rules import (
@@ -45,13 +45,19 @@ from healthdb_api.routes.patient_rules import (
     present,
     refuse_masked,
     search_term,
-    ssn_alone,
+    ssn_in_url,
 )
 
 # Re-exported: the appointments routes share the ETag handling.
 from healthdb_api.routes.patient_rules import etag as etag
 from healthdb_api.routes.patient_rules import parse_if_match as parse_if_match
-from healthdb_api.schemas import PatientCreate, PatientOut, PatientPage, PatientUpdate
+from healthdb_api.schemas import (
+    PatientCreate,
+    PatientOut,
+    PatientPage,
+    PatientUpdate,
+    SsnLookup,
+)
 
 router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
 
@@ -158,12 +164,14 @@ async def list_patients(
     ] = "family_name",
     ssn: Annotated[
         str | None,
-        Query(max_length=MAX_SSN_LENGTH, description="exact SSN (alone; one bounded page)"),
+        Query(
+            include_in_schema=False,
+            description="refused: an SSN never travels in a URL (use POST /ssn-lookup)",
+        ),
     ] = None,
 ) -> PatientPage:
     if ssn is not None:
-        ssn_alone(name, mrn, date_of_birth, cursor)
-        return await _by_ssn(db, principal, ssn)
+        ssn_in_url()
     field = sort.removeprefix("-")
     if field not in PatientRepository.sortable:
         allowed = ", ".join(sorted(PatientRepository.sortable))
@@ -200,13 +208,14 @@ async def list_patients(
     return PatientPage(items=[present(p) for p in page.items], next_cursor=page.next_cursor)
 
 
-async def _by_ssn(db: Db, principal: Principal, ssn: str) -> PatientPage:
-    """Every visible patient with this SSN (blind-index match, at most a handful)."""
+@router.post("/ssn-lookup", response_model=PatientPage, responses={403: {}})
+async def lookup_by_ssn(body: SsnLookup, principal: CurrentPrincipal, db: Db) -> PatientPage:
+    """Every visible patient with exactly this SSN (blind-index match: the table is not
+    decrypted), as one page masked for the caller's role."""
     if visibility(principal.role, PhiKind.SSN) is Visibility.NONE:
         raise ApiError(403, "forbidden", "your role may not search by ssn")
-    term = search_term(ssn, "ssn")
-    refuse_masked(term, ["query", "ssn"])
-    assert term is not None
+    refuse_masked(body.ssn, ["body", "ssn"])
+    term = body.ssn
 
     async def op(session: AsyncSession) -> list[Patient]:
         return await PatientRepository(session).find_by_ssn(term)
