@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from healthdb import migrate
 from healthdb.errors import ClinicContextRequired, InvalidInput, UnsafeDatabaseRole
+from healthdb.internal.rls import POLICY_EXPRESSION
 from healthdb.models import Patient
 from healthdb.models.base import tenant_tables
 from healthdb.service import DatabaseService
@@ -428,6 +429,9 @@ async def test_start_up_refuses_a_table_owner(staged: tuple[str, str, str], how:
             )
 
 
+WEAK = "or the policy is not exactly"
+
+
 @pytest.mark.parametrize(
     ("sabotage", "message"),
     [
@@ -438,6 +442,15 @@ async def test_start_up_refuses_a_table_owner(staged: tuple[str, str, str], how:
             "CREATE POLICY everyone ON audit_events FOR SELECT USING (true)",
             "other permissive row-level security policies \\(everyone\\)",
         ),
+        # The policy is there and names the setting, but no longer walls anything off.
+        (f"ALTER POLICY clinic_isolation ON patients USING ({POLICY_EXPRESSION} OR true)", WEAK),
+        (f"ALTER POLICY clinic_isolation ON users WITH CHECK ({POLICY_EXPRESSION} OR true)", WEAK),
+        (
+            "ALTER POLICY clinic_isolation ON appointments USING "
+            "(clinic_id::text = current_setting('app.clinic_id', true) OR "
+            "current_setting('app.clinic_id', true) IS NULL)",
+            WEAK,
+        ),
     ],
 )
 async def test_start_up_refuses_a_table_without_its_wall(
@@ -446,6 +459,22 @@ async def test_start_up_refuses_a_table_without_its_wall(
     owner, runtime, _ = staged
     await _owner_exec(owner, sabotage)
     with pytest.raises(UnsafeDatabaseRole, match=message):
+        await _connect(runtime)
+
+
+async def test_start_up_without_temporary_says_why_it_cannot_check(
+    staged: tuple[str, str, str],
+) -> None:
+    """The policy check has the server deparse the expected expression on a temporary
+    table; without TEMPORARY the service refuses to start rather than skip the check."""
+    owner, runtime, role = staged
+    database = make_url(owner).database
+    await _owner_exec(
+        owner,
+        f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC',
+        f'REVOKE TEMPORARY ON DATABASE "{database}" FROM "{role}"',
+    )
+    with pytest.raises(UnsafeDatabaseRole, match="needs TEMPORARY"):
         await _connect(runtime)
 
 
