@@ -1,5 +1,5 @@
 """The audit trail, public: record events in the caller's unit of work, read them back a page
-at a time, and verify the clinic's hash chain.
+at a time, verify the clinic's hash chain, and anchor its heads outside the database.
 
 The library already audits every PHI touch by itself (see :mod:`healthdb.phi`); this module
 is for the events only the application knows about: logins, token reuse, account changes,
@@ -11,6 +11,14 @@ a writable transaction); a read-only transaction cannot hold it.
 
 Reads go through the isolation walls like any tenant query: under a clinic scope only that
 clinic's events are visible, whatever the filters say.
+
+A hash chain cannot show that its newest rows were deleted, nor that the database owner
+rewrote rows and recomputed every later hash. :func:`take_anchor` records the head of each
+of the clinic's chains as an :class:`Anchor`; keep ``anchor.to_json()`` where the database
+owner cannot rewrite it (WORM storage, a ticket, a signed log) and pass
+``Anchor.from_json(text)`` back to :func:`verify`, which then also checks that every anchored
+head is still there with the same hash. Rows written after the newest anchor are protected
+by the chain alone.
 
 Example::
 
@@ -35,8 +43,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import Role, require_scope
 from healthdb.errors import InvalidInput
-from healthdb.internal import audit
-from healthdb.internal.audit import BadRow, VerifyResult
+from healthdb.internal import audit, audit_verify
+from healthdb.internal.audit_anchor import Anchor
+from healthdb.internal.audit_verify import BadRow, VerifyResult
 from healthdb.models import AuditEvent
 from healthdb.repositories.pagination import (
     DEFAULT_LIMIT,
@@ -49,12 +58,14 @@ from healthdb.repositories.pagination import (
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "Anchor",
     "AuditFilter",
     "AuditQuery",
     "BadRow",
     "Outcome",
     "VerifyResult",
     "record",
+    "take_anchor",
     "verify",
 ]
 
@@ -133,14 +144,24 @@ async def record(
     return await audit.append(session, event)
 
 
-async def verify(session: AsyncSession) -> VerifyResult:
+async def verify(session: AsyncSession, *, anchor: Anchor | None = None) -> VerifyResult:
     """Verify the current clinic's chain (read-only; needs a clinic scope).
 
     Returns ``ok``, how many rows were ``checked`` and, when broken, the ``first_bad`` row
-    with the reason (edited, deleted, inserted or reordered).
+    with the reason (edited, deleted, inserted or reordered). With ``anchor`` (only its
+    entries for this clinic count), the anchored heads must still be in the chain with the
+    same hash: that catches deleted newest rows and a chain rewritten with recomputed hashes.
     """
     scope = require_scope()
-    return await audit.verify(session, scope.clinic_id)
+    return await audit_verify.verify(session, scope.clinic_id, anchor)
+
+
+async def take_anchor(session: AsyncSession) -> Anchor:
+    """The head (newest ``seq`` and its ``row_hash``) of each of the current clinic's
+    chains (read-only; needs a clinic scope). Store ``anchor.to_json()`` outside the
+    database; the owner's ``healthdb audit anchor`` anchors every clinic at once."""
+    require_scope()
+    return await audit_verify.take_anchor(session)
 
 
 @dataclass(frozen=True, slots=True)

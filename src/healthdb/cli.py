@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import SecretStr
@@ -14,8 +14,12 @@ from rich.console import Console
 from healthdb.settings import Settings
 
 if TYPE_CHECKING:
-    from healthdb.internal.audit import VerifyResult
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from healthdb.internal.audit_anchor import Anchor
     from healthdb.key_rotation import RotationReport
+
+T = TypeVar("T")
 
 app = typer.Typer(help="healthdb: multi-tenant healthcare database layer", no_args_is_help=True)
 console = Console(stderr=True)
@@ -64,41 +68,102 @@ def audit_verify(
     clinic_id: Annotated[
         str | None, typer.Option(help="verify only this clinic's chain [default: every clinic]")
     ] = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(help="also check the chain heads recorded by `healthdb audit anchor`"),
+    ] = None,
 ) -> None:
     """Walk the audit hash chains of HEALTHDB_ADMIN_DATABASE_URL (or DATABASE_URL).
 
     Exit 0 when every chain is intact; exit 1 naming the first edited, deleted, inserted or
-    reordered row (clinic, seq, reason).
+    reordered row (clinic, seq, lane, reason). With --anchor, rows deleted from the end of
+    a chain since the anchor, or a chain rewritten with recomputed hashes, fail too. Exit 2
+    on a bad option or an unreadable or malformed anchor file.
     """
     from healthdb.context import as_uuid
     from healthdb.errors import InvalidInput
+    from healthdb.internal.audit_verify import verify
 
     try:
         clinic = None if clinic_id is None else as_uuid(clinic_id, "--clinic-id")
     except InvalidInput as exc:
         raise typer.BadParameter(str(exc)) from None
-    result = asyncio.run(_verify_audit(Settings(), clinic))
+    # Read the anchor before touching the database: a bad file is the caller's mistake.
+    expected = None if anchor is None else _read_anchor(anchor)
+    result = asyncio.run(
+        _read_as_owner(Settings(), lambda session: verify(session, clinic, expected))
+    )
     if result.first_bad is None:
         typer.echo(f"audit chain intact: {result.checked} rows")
         return
     bad = result.first_bad
     seq = "none" if bad.seq is None else str(bad.seq)
     typer.echo(
-        f"audit chain BROKEN at clinic {bad.clinic_id}, seq {seq}: {bad.reason} "
-        f"({result.checked} rows checked)",
+        f"audit chain BROKEN at clinic {bad.clinic_id}, seq {seq} (lane {bad.lane}): "
+        f"{bad.reason} ({result.checked} rows checked)",
         err=True,
     )
     raise typer.Exit(1)
 
 
-async def _verify_audit(settings: Settings, clinic_id: uuid.UUID | None) -> VerifyResult:
+@audit_app.command("anchor")
+def audit_anchor(
+    out: Annotated[
+        Path | None, typer.Option(help="write the anchor to this file [default: stdout]")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="overwrite --out if it exists")] = False,
+) -> None:
+    """Print (or write to --out) the head of every audit chain, as JSON.
+
+    Keep it outside the database, where its owner cannot rewrite it (WORM storage, a
+    ticket, a signed log); `healthdb audit verify --anchor FILE` then detects rows deleted
+    from the end of a chain and chains rewritten with recomputed hashes, up to these heads.
+    Exit 2 when --out exists (without --force) or cannot be written.
+    """
+    from healthdb.internal.audit_verify import take_anchor
+
+    if out is not None and out.exists() and not force:
+        _fail(f"{out} already exists; an anchor is never overwritten without --force")
+    taken = asyncio.run(_read_as_owner(Settings(), take_anchor))
+    document = taken.to_json() + "\n"
+    if out is None:
+        typer.echo(document, nl=False)
+        return
+    try:
+        # "x" refuses a file created since the check above; --force replaces it.
+        with out.open("w" if force else "x", encoding="utf-8") as handle:
+            handle.write(document)
+    except OSError as exc:
+        _fail(f"cannot write anchor {out}: {exc.strerror or exc}")
+    console.print(f"anchored {len(taken.heads)} chain head(s) to {out}")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _read_anchor(path: Path) -> Anchor:
+    from healthdb.errors import InvalidInput
+    from healthdb.internal.audit_anchor import Anchor
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read anchor {path}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        return Anchor.from_json(text)
+    except InvalidInput as exc:
+        _fail(f"malformed anchor {path}: {exc}")
+
+
+async def _read_as_owner(settings: Settings, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from healthdb.engine import create_engine
-    from healthdb.internal.audit import verify
 
-    # The owner sees every clinic's rows (verify sets the clinic per chain for row-level
-    # security); one consistent snapshot on PostgreSQL.
+    # The owner sees every clinic's rows (the audit readers set the clinic per chain for
+    # row-level security); one consistent snapshot on PostgreSQL.
     admin = Settings(database_url=settings.admin_url)
     engine = create_engine(admin.url, admin, pool_size=1, max_overflow=0)
     try:
@@ -108,7 +173,7 @@ async def _verify_audit(settings: Settings, clinic_id: uuid.UUID | None) -> Veri
                     isolation_level="REPEATABLE READ", postgresql_readonly=True
                 )
             async with conn.begin(), AsyncSession(bind=conn) as session:
-                return await verify(session, clinic_id)
+                return await read(session)
     finally:
         await engine.dispose()
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from healthdb import cli as library_cli
 from healthdb import migrate
 from healthdb.engine import create_engine
-from healthdb.internal import audit
+from healthdb.internal import audit, audit_verify
 from healthdb.models import AuditEvent, Clinic
 from healthdb.models.base import utcnow
 from healthdb.service import DatabaseService
@@ -120,11 +120,11 @@ async def tampering(
         await engine.dispose()
 
 
-async def _verify(owner_url: str, clinic_id: uuid.UUID | None = None) -> audit.VerifyResult:
+async def _verify(owner_url: str, clinic_id: uuid.UUID | None = None) -> audit_verify.VerifyResult:
     engine = _engine(owner_url)
     try:
         async with engine.connect() as conn, conn.begin(), AsyncSession(bind=conn) as session:
-            return await audit.verify(session, clinic_id)
+            return await audit_verify.verify(session, clinic_id)
     finally:
         await engine.dispose()
 
@@ -142,7 +142,7 @@ async def test_clean_chains_over_two_clinics_verify(
 
     for clinic in (a, b):
         result = await _verify(owner_url, clinic)
-        assert result == audit.VerifyResult(ok=True, checked=25)
+        assert result == audit_verify.VerifyResult(ok=True, checked=25)
 
     engine = _engine(owner_url)
     try:
@@ -162,10 +162,10 @@ async def test_clean_chains_over_two_clinics_verify(
 
     # The runtime role, under the clinic's scope, can verify its own chain (and only it).
     async with db.clinic(a, role="clinic_admin"):
-        result = await db.execute_read(lambda session: audit.verify(session))
-        assert result == audit.VerifyResult(ok=True, checked=25)
+        result = await db.execute_read(lambda session: audit_verify.verify(session))
+        assert result == audit_verify.VerifyResult(ok=True, checked=25)
         with pytest.raises(Exception, match="only that clinic"):
-            await db.execute_read(lambda session: audit.verify(session, b))
+            await db.execute_read(lambda session: audit_verify.verify(session, b))
 
 
 async def test_concurrent_appends_give_a_gapless_chain(
@@ -184,7 +184,7 @@ async def test_concurrent_appends_give_a_gapless_chain(
 
     seqs = await asyncio.gather(*(one(i) for i in range(20)))
     assert sorted(seqs) == list(range(1, 21))
-    assert await _verify(owner_url, clinic) == audit.VerifyResult(ok=True, checked=20)
+    assert await _verify(owner_url, clinic) == audit_verify.VerifyResult(ok=True, checked=20)
 
 
 # -- append-only in the database ------------------------------------------------------------
@@ -232,7 +232,7 @@ async def test_owner_is_refused_too_while_the_trigger_stands(
                     await conn.execute(statement)
     finally:
         await engine.dispose()
-    assert await _verify(owner_url, clinic) == audit.VerifyResult(ok=True, checked=2)
+    assert await _verify(owner_url, clinic) == audit_verify.VerifyResult(ok=True, checked=2)
 
 
 async def test_seq_is_unique_per_clinic(
@@ -270,7 +270,7 @@ async def test_edited_row_is_named(owner_url: str, chain: uuid.UUID) -> None:
         await session.execute(
             update(AuditEvent).where(_where(chain, 3)).values(resource_id="p-999")
         )
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert not result.ok
     assert result.first_bad is not None
     assert (result.first_bad.clinic_id, result.first_bad.seq) == (chain, 3)
@@ -284,10 +284,10 @@ async def test_edited_row_with_recomputed_hash_breaks_the_next_link(
     async with tampering(owner_url) as (_, session):
         row = (await session.execute(select(AuditEvent).where(_where(chain, 3)))).scalar_one()
         row.resource_id = "p-999"
-        fields = {name: getattr(row, name) for name in audit._SEALED}
+        fields = {name: getattr(row, name) for name in audit.SEALED}
         row.row_hash = audit.row_hash(fields)
         await session.flush()
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 4
     assert "prev_hash" in result.first_bad.reason
@@ -296,7 +296,7 @@ async def test_edited_row_with_recomputed_hash_breaks_the_next_link(
 async def test_deleted_row_is_named_as_a_gap(owner_url: str, chain: uuid.UUID) -> None:
     async with tampering(owner_url) as (_, session):
         await session.execute(delete(AuditEvent).where(_where(chain, 4)))
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 4
     assert "missing" in result.first_bad.reason
@@ -306,11 +306,11 @@ async def test_deleted_row_is_named_as_a_gap(owner_url: str, chain: uuid.UUID) -
 async def test_deleted_tail_row_is_not_named_but_first_row_is(
     owner_url: str, chain: uuid.UUID
 ) -> None:
-    # Deleting the newest row leaves a shorter valid chain (anchoring the head is a later
-    # task); deleting the first is a gap at seq 1.
+    # Deleting the newest row leaves a shorter valid chain (only an anchor catches it:
+    # test_audit_anchor.py); deleting the first is a gap at seq 1.
     async with tampering(owner_url) as (_, session):
         await session.execute(delete(AuditEvent).where(_where(chain, 1)))
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 1
 
@@ -337,7 +337,7 @@ async def test_forged_rows_are_detected(owner_url: str, chain: uuid.UUID) -> Non
             )
         )
         await session.flush()
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 7
     assert "row_hash" in result.first_bad.reason
@@ -346,7 +346,7 @@ async def test_forged_rows_are_detected(owner_url: str, chain: uuid.UUID) -> Non
     async with tampering(owner_url) as (_, session):
         session.add(AuditEvent(clinic_id=chain, action="read", resource_type="patient"))
         await session.flush()
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq is None
 
@@ -364,10 +364,10 @@ async def test_forged_rows_are_detected(owner_url: str, chain: uuid.UUID) -> Non
             outcome="success",
             prev_hash=await last_hash(session, 2),
         )
-        forged.row_hash = audit.row_hash({n: getattr(forged, n) for n in audit._SEALED})
+        forged.row_hash = audit.row_hash({n: getattr(forged, n) for n in audit.SEALED})
         session.add(forged)
         await session.flush()
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 3
     assert "duplicate" in result.first_bad.reason or "link" in result.first_bad.reason
@@ -377,7 +377,7 @@ async def test_swapped_rows_are_detected(owner_url: str, chain: uuid.UUID) -> No
     async with tampering(owner_url) as (_, session):
         for old, new in ((2, -2), (3, 2), (-2, 3)):
             await session.execute(update(AuditEvent).where(_where(chain, old)).values(seq=new))
-        result = await audit.verify(session, chain)
+        result = await audit_verify.verify(session, chain)
     assert result.first_bad is not None
     assert result.first_bad.seq == 2
     assert "row_hash" in result.first_bad.reason
@@ -386,7 +386,7 @@ async def test_swapped_rows_are_detected(owner_url: str, chain: uuid.UUID) -> No
 async def test_tampering_was_rolled_back(owner_url: str, chain: uuid.UUID) -> None:
     async with tampering(owner_url) as (_, session):
         await session.execute(delete(AuditEvent).where(AuditEvent.clinic_id == chain))
-    assert await _verify(owner_url, chain) == audit.VerifyResult(ok=True, checked=6)
+    assert await _verify(owner_url, chain) == audit_verify.VerifyResult(ok=True, checked=6)
 
 
 # -- healthdb audit verify ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb import QueryOptions
 from healthdb.engine import create_engine
 from healthdb.errors import AuditWriteFailed, EncryptionError, InvalidInput
-from healthdb.internal import audit
+from healthdb.internal import audit_verify
 from healthdb.models import AuditEvent, Patient
 from healthdb.phi import MaskedValue
 from healthdb.phi.keys import keyring_for
@@ -314,8 +314,8 @@ async def test_the_chain_still_verifies_after_audited_work(
     async with db.clinic(clinic, role="receptionist"):
         await db.execute_read(get(pid))
 
-    async def check(session: AsyncSession) -> audit.VerifyResult:
-        return await audit.verify(session, clinic)
+    async def check(session: AsyncSession) -> audit_verify.VerifyResult:
+        return await audit_verify.verify(session, clinic)
 
     async with db.clinic(clinic, role="clinic_admin"):
         result = await db.execute_read(check)
@@ -380,7 +380,7 @@ async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
         ):
             if postgres:  # before any cursor is open on the table in this transaction
                 await conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
-            assert (await audit.verify(session, clinic)).ok
+            assert (await audit_verify.verify(session, clinic)).ok
             if postgres:  # tamper with a row of a lane other than 0, then roll back
                 lane = max(by_lane)
                 await conn.execute(
@@ -390,7 +390,7 @@ async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
                     ),
                     {"c": str(clinic), "l": lane},
                 )
-                result = await audit.verify(session, clinic)
+                result = await audit_verify.verify(session, clinic)
                 assert not result.ok
                 assert result.first_bad is not None
                 assert (result.first_bad.lane, result.first_bad.seq) == (lane, 1)

@@ -1,4 +1,4 @@
-"""The audit hash chain: append events to a clinic's chain, and verify every chain.
+"""The audit hash chain: append events to a clinic's chain.
 
 Each clinic has its own chain, split into *lanes* (independent sub-chains, migration
 0005). :func:`append` gives a new event the next ``seq`` of its clinic's lane (1, 2, 3,
@@ -6,7 +6,7 @@ Each clinic has its own chain, split into *lanes* (independent sub-chains, migra
 64 zeros for the first) and seals it: ``row_hash`` is the sha256 of the canonical JSON of
 every column except ``row_hash`` and ``lane`` (``seq`` and ``prev_hash`` included). Editing,
 deleting, inserting, reordering or moving rows between lanes therefore breaks a chain, and
-:func:`verify` names the first broken row and its lane.
+:func:`healthdb.internal.audit_verify.verify` names the first broken row and its lane.
 
 Appends to one lane are serialised inside the caller's write transaction: on PostgreSQL by
 ``pg_advisory_xact_lock`` on a key derived from the clinic id and lane (released at commit
@@ -16,9 +16,12 @@ transactions take up front (``BEGIN IMMEDIATE``), serialises everything and one 
 used. The database itself refuses UPDATE and DELETE on ``audit_events`` (migration 0003),
 and a unique index on ``(clinic_id, lane, seq)`` backs the sequence.
 
-What a chain cannot prove: someone who can rewrite the table *and* recompute every hash
-after the tampered row (the database owner, with the trigger disabled) can forge a
-consistent chain. Anchoring the chain head outside the database closes that gap.
+What a chain cannot prove: that its newest rows were not deleted (the rest is still a valid
+chain), nor that someone who can rewrite the table *and* recompute every hash after the
+tampered row (the database owner, with the trigger disabled) did not forge a consistent
+chain. An anchor of the chain heads kept outside the database
+(:func:`healthdb.internal.audit_verify.take_anchor`, ``healthdb audit anchor``) closes both
+gaps for every row up to the anchored heads.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import json
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
@@ -37,29 +39,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired, InvalidInput
-from healthdb.models import AuditEvent, Clinic
+from healthdb.models import AuditEvent
 from healthdb.models.base import new_id, utcnow
 
 __all__ = [
     "GENESIS_HASH",
-    "BadRow",
-    "VerifyResult",
+    "SEALED",
     "append",
     "append_many",
     "append_rows",
     "clinic_lock_key",
     "row_hash",
-    "verify",
 ]
 
 GENESIS_HASH = "0" * 64
-# The transaction-local setting row-level security reads (migration 0002).
-_CLINIC_SETTING = "app.clinic_id"
 _LOCK_NAMESPACE = b"healthdb.audit.chain:"
-_STREAM_BATCH = 1000
 
-# Every column that is sealed, in a fixed order (``row_hash`` is the seal itself).
-_SEALED = (
+#: Every column that is sealed, in a fixed order (``row_hash`` is the seal itself).
+SEALED = (
     "id",
     "clinic_id",
     "seq",
@@ -77,23 +74,6 @@ _SEALED = (
     "reason",
     "prev_hash",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    """The first row where a chain breaks. ``seq`` is ``None`` for a row without one."""
-
-    clinic_id: uuid.UUID
-    seq: int | None
-    reason: str
-    lane: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    ok: bool
-    checked: int
-    first_bad: BadRow | None = None
 
 
 def clinic_lock_key(clinic_id: uuid.UUID, lane: int = 0) -> int:
@@ -119,7 +99,7 @@ def _canonical(value: Any) -> Any:
 def row_hash(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of the sealed fields: sorted keys, no whitespace,
     uuids as strings, timestamps as UTC ISO 8601 with microseconds."""
-    document = {name: _canonical(fields.get(name)) for name in _SEALED}
+    document = {name: _canonical(fields.get(name)) for name in SEALED}
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
@@ -170,7 +150,7 @@ async def append_many(
     """
     for event in events:
         _prepare(event)
-    fields = [{name: getattr(event, name) for name in _SEALED} for event in events]
+    fields = [{name: getattr(event, name) for name in SEALED} for event in events]
     await _chain(session, fields, lanes)
     for event, sealed in zip(events, fields, strict=True):
         for name in ("lane", "seq", "prev_hash", "row_hash"):
@@ -264,104 +244,3 @@ async def _lock_lane(session: AsyncSession, clinic_id: uuid.UUID, lanes: int) ->
     # Every lane busy (or one lane): queue on the first, as a single chain always did.
     await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id, start))))
     return start
-
-
-_COLUMNS = tuple(getattr(AuditEvent, name) for name in (*_SEALED, "row_hash"))
-
-
-async def _clinics(session: AsyncSession, clinic_id: uuid.UUID | None) -> Sequence[uuid.UUID]:
-    scope = current_scope()
-    if scope is not None:
-        # Under a scope only the scope's rows are visible: verifying another clinic would
-        # walk an empty chain and wrongly report it intact.
-        if clinic_id is not None and clinic_id != scope.clinic_id:
-            raise InvalidInput("under a clinic scope only that clinic's chain can be verified")
-        return [scope.clinic_id]
-    if clinic_id is not None:
-        return [clinic_id]
-    return list((await session.execute(select(Clinic.id).order_by(Clinic.id))).scalars())
-
-
-def _check(
-    fields: dict[str, Any], expected_seq: int, prev_hash: str
-) -> tuple[int | None, str] | None:
-    """Why the row at ``expected_seq`` of a chain is bad, as (seq to name, reason), or None."""
-    seq = fields["seq"]
-    if seq is None:
-        return None, "row without a seq: inserted outside the chain"
-    if seq < expected_seq:
-        return seq, f"duplicate seq {seq}: a row was inserted"
-    if seq > expected_seq:
-        return expected_seq, f"seq {expected_seq} is missing (next is {seq}): a row was deleted"
-    if fields["row_hash"] != row_hash(fields):
-        return seq, "row_hash does not match the row: edited, forged or reordered"
-    if fields["prev_hash"] != prev_hash:
-        return seq, f"prev_hash does not link to seq {seq - 1}: a row was inserted or reordered"
-    return None
-
-
-async def _walk(
-    session: AsyncSession, clinic_id: uuid.UUID, lane: int
-) -> tuple[int, BadRow | None]:
-    statement = (
-        select(*_COLUMNS)
-        .where(AuditEvent.clinic_id == clinic_id, AuditEvent.lane == lane)
-        .order_by(AuditEvent.seq.asc().nulls_last(), AuditEvent.id)
-        .execution_options(yield_per=_STREAM_BATCH)
-    )
-    checked = 0
-    expected_seq = 1
-    prev_hash = GENESIS_HASH
-    result = await session.stream(statement)
-    try:
-        async for row in result:
-            checked += 1
-            fields = dict(row._mapping)
-            problem = _check(fields, expected_seq, prev_hash)
-            if problem is not None:
-                return checked, BadRow(clinic_id, problem[0], problem[1], lane)
-            prev_hash = fields["row_hash"]
-            expected_seq += 1
-    finally:
-        await result.close()
-    return checked, None
-
-
-async def _lanes(session: AsyncSession, clinic_id: uuid.UUID) -> list[int]:
-    stmt = select(AuditEvent.lane).where(AuditEvent.clinic_id == clinic_id).distinct()
-    return sorted((await session.execute(stmt)).scalars())
-
-
-async def verify(session: AsyncSession, clinic_id: uuid.UUID | None = None) -> VerifyResult:
-    """Walk each clinic's chain (or only ``clinic_id``'s) in ``seq`` order; stop at the first
-    broken row: an edited row (hash mismatch), a deleted one (a gap in ``seq``), an inserted
-    one (duplicate ``seq``, or a ``prev_hash`` that does not link), or reordered rows.
-
-    Read-only. The session needs to see every row it verifies: the owner (or any role with
-    SELECT) without a scope walks every clinic in ``clinics``; on PostgreSQL the row-level
-    security setting is switched per clinic for the walk and restored afterwards, so a
-    non-superuser owner under ``FORCE ROW LEVEL SECURITY`` sees each chain too. Under a clinic
-    scope only that clinic's chain is verified.
-    """
-    clinics = await _clinics(session, clinic_id)
-    postgres = _is_postgres(session)
-    previous: str | None = None
-    if postgres:
-        previous = (
-            await session.execute(select(func.current_setting(_CLINIC_SETTING, True)))
-        ).scalar_one()
-    checked = 0
-    first_bad: BadRow | None = None
-    for clinic in clinics:
-        if postgres:
-            await session.execute(select(func.set_config(_CLINIC_SETTING, str(clinic), True)))
-        for lane in await _lanes(session, clinic):
-            count, first_bad = await _walk(session, clinic, lane)
-            checked += count
-            if first_bad is not None:
-                break
-        if first_bad is not None:
-            break
-    if postgres:
-        await session.execute(select(func.set_config(_CLINIC_SETTING, previous or "", True)))
-    return VerifyResult(ok=first_bad is None, checked=checked, first_bad=first_bad)
