@@ -14,14 +14,22 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ClinicScope, DatabaseService, Role
+from healthdb import ClinicScope, DatabaseService, QueryOptions, Role, keys
 from healthdb.contrib.fastapi import get_db
+from healthdb.models import User
 from healthdb_api.auth.tokens import InvalidToken, TokenConfig, decode_access
 from healthdb_api.errors import ApiError
 
 bearer = HTTPBearer(auto_error=False)
 Db = Annotated[DatabaseService, Depends(get_db)]
+
+#: How long a user's standing (active flag and role) may be served from the cache. A write
+#: to ``users`` evicts it at once, in every process while Redis carries invalidations; this
+#: bounds how stale it can be when Redis is down.
+STANDING_TTL = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,10 @@ async def current_principal(
 ) -> Principal:
     """The caller of a request bearing a valid access token (401 otherwise).
 
+    The token proves identity; privileges come from the user's *current* standing, so a
+    deactivated user is refused and a changed role applies from the next request, not when
+    the token expires (see :data:`STANDING_TTL`).
+
     Every authenticated request is charged one unit of its clinic's rate budget here (429
     when over it); FastAPI resolves this dependency once per request, however many
     dependencies use it.
@@ -63,13 +75,36 @@ async def current_principal(
     except InvalidToken:
         raise _unauthorized("invalid or expired token") from None
     await db.check_rate_limit(claims.clinic_id)
+    role = await _current_role(db, claims.clinic_id, claims.user_id)
+    if role is None:
+        raise _unauthorized("invalid or expired token")
     return Principal(
         user_id=claims.user_id,
         clinic_id=claims.clinic_id,
-        role=claims.role,
+        role=role,
         request_id=getattr(request.state, "request_id", uuid.uuid4().hex),
         client_addr=request.client.host if request.client else None,
     )
+
+
+async def _current_role(
+    db: DatabaseService, clinic_id: uuid.UUID, user_id: uuid.UUID
+) -> Role | None:
+    """The user's role now, or None if the user is gone or deactivated."""
+
+    async def standing(session: AsyncSession) -> tuple[bool, str] | None:
+        statement = select(User.active, User.role).where(User.id == user_id)
+        row = (await session.execute(statement)).one_or_none()
+        return None if row is None else (row.active, row.role)
+
+    options = QueryOptions.for_read("users.standing").cached(
+        keys.for_user(clinic_id, user_id), ttl=STANDING_TTL
+    )
+    async with db.clinic(clinic_id, actor=user_id, purpose="authentication"):
+        found = await db.execute_read(standing, options)
+    if found is None or not found[0]:
+        return None
+    return Role.parse(found[1])
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

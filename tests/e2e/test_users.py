@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import PASSWORD, login, register, staff
+from tests.e2e.test_patients import patient_body
 
 USERS = "/api/v1/users"
+PATIENTS = "/api/v1/patients"
 AUTH = "/api/v1/auth"
 
 
@@ -215,3 +217,52 @@ async def test_get_user_by_id(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert response.json() == user
     assert (await client.get(f"{USERS}/not-a-uuid", headers=admin.headers)).status_code == 422
+
+
+async def test_a_deactivated_users_access_token_stops_working_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Not after the token's 15 minutes: the next request is refused on every route."""
+    admin = await register(client)
+    user, headers = await staff(client, admin, "doctor")
+    assert (await client.get(PATIENTS, headers=headers)).status_code == 200  # now cached
+    deactivated = await client.patch(
+        f"{USERS}/{user['id']}", json={"active": False}, headers=admin.headers
+    )
+    assert deactivated.status_code == 200
+    for method, url in (("GET", PATIENTS), ("POST", f"{PATIENTS}/ssn-lookup"), ("GET", USERS)):
+        refused = await client.request(method, url, json={"ssn": "1"}, headers=headers)
+        assert refused.status_code == 401, (url, refused.text)
+    reactivated = await client.patch(
+        f"{USERS}/{user['id']}", json={"active": True}, headers=admin.headers
+    )
+    assert reactivated.status_code == 200
+    assert (await client.get(PATIENTS, headers=headers)).status_code == 200
+
+
+async def test_a_role_change_applies_to_the_token_already_issued(
+    client: httpx.AsyncClient,
+) -> None:
+    """A doctor demoted to receptionist sees the SSN masked and may not export, with the
+    token issued while a doctor; the audit trail records the role in force."""
+    admin = await register(client)
+    user, headers = await staff(client, admin, "doctor")
+    created = await client.post(PATIENTS, json=patient_body(ssn="123-45-6789"), headers=headers)
+    assert created.status_code == 201, created.text
+    url = f"{PATIENTS}/{created.json()['id']}"
+    assert (await client.get(url, headers=headers)).json()["ssn"] == "123-45-6789"
+
+    demoted = await client.patch(
+        f"{USERS}/{user['id']}", json={"role": "receptionist"}, headers=admin.headers
+    )
+    assert demoted.status_code == 200
+    after = await client.get(url, headers=headers)
+    assert after.status_code == 200
+    assert after.json()["ssn"] == "***-**-6789"
+    assert after.json()["notes"] is None
+    assert (await client.get(f"{PATIENTS}/export", headers=headers)).status_code == 403
+    trail = await client.get(
+        "/api/v1/admin/audit", params={"actor": user["id"]}, headers=admin.headers
+    )
+    reads = {(row["action"], row["actor_role"]) for row in trail.json()["items"]}
+    assert {("phi.read", "doctor"), ("phi.read_masked", "receptionist")} <= reads, reads

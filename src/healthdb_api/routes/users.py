@@ -103,8 +103,10 @@ async def get_user(user_id: uuid.UUID, admin: Admin, db: Db) -> UserOut:
 async def update_user(user_id: uuid.UUID, body: UserPatchIn, admin: Admin, db: Db) -> UserOut:
     """Change a user's role, name or active flag.
 
-    Deactivation revokes the user's refresh tokens in the same transaction (access tokens
-    lapse within their short lifetime). A clinic always keeps one active ``clinic_admin``.
+    Deactivation revokes the user's refresh tokens in the same transaction; access tokens
+    already issued are refused from the next request, and a new role applies to them at
+    once (:func:`healthdb_api.deps.current_principal` reads the user's current standing).
+    A clinic always keeps one active ``clinic_admin``.
     """
     changes: dict[str, Any] = {}
     if body.role is not None:
