@@ -1,8 +1,9 @@
 """The ``healthdb`` command line of the reference service.
 
-The library's commands (``migrate``, ``demo``, ``audit verify``) plus the service's own:
-``serve`` and ``seed-demo``. With no configuration at all, ``healthdb serve`` runs on the embedded
-default (SQLite file ``./healthdb.sqlite3``, in-process cache) and migrates it on start.
+The library's commands (``migrate``, ``demo``, ``audit verify|anchor``, ``keys``) plus the
+service's own: ``serve``, ``seed-demo`` and ``create-user``. With no configuration at all,
+``healthdb serve`` runs on the embedded default (SQLite file ``./healthdb.sqlite3``,
+in-process cache) and migrates it on start.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-# The library's commands (migrate, demo) and command groups (audit), unchanged.
+# The library's commands (migrate, demo) and command groups (audit, keys), unchanged.
 app.registered_commands.extend(library_cli.app.registered_commands)
 app.registered_groups.extend(library_cli.app.registered_groups)
 

@@ -322,3 +322,63 @@ async def test_auth_events_are_recorded(client: httpx.AsyncClient) -> None:
     await login(client, email, PASSWORD)
     last = (await events(client, admin, action="auth.login", order="desc"))[0]
     assert (last["actor_id"], last["actor_role"]) == (nurse_id, "doctor")
+
+
+async def test_a_clinic_anchors_its_chain_and_verifies_against_the_anchor(
+    client: httpx.AsyncClient,
+) -> None:
+    """The API forwards the anchor to the library's check (whose detection of deleted and
+    rewritten rows is proven against real tampering in tests/integration/test_audit_anchor.py);
+    here, anchors that no longer match the chain must fail."""
+    admin = await register(client)
+    taken = await client.get(f"{AUDIT}/anchor", headers=admin.headers)
+    assert taken.status_code == 200, taken.text
+    anchor = taken.json()
+    assert anchor["format"] == "healthdb-audit-anchor/1"
+    assert {h["clinic_id"] for h in anchor["heads"]} == {admin.clinic["id"]}
+    await client.get(f"{AUDIT}", headers=admin.headers)  # rows after the anchor are fine
+    await login(client, admin.email, PASSWORD)
+
+    intact = await client.post(f"{AUDIT}/verify", json=anchor, headers=admin.headers)
+    assert intact.status_code == 200, intact.text
+    assert intact.json()["ok"] is True
+
+    head = anchor["heads"][0]
+    beyond = {**anchor, "heads": [{**head, "seq": head["seq"] + 1000}]}
+    missing = (await client.post(f"{AUDIT}/verify", json=beyond, headers=admin.headers)).json()
+    assert missing["ok"] is False
+    assert missing["first_bad"]["seq"] == head["seq"] + 1000
+    assert "deleted from the end" in missing["first_bad"]["reason"]
+
+    forged = {**anchor, "heads": [{**head, "row_hash": "0" * 64}]}
+    rewritten = (await client.post(f"{AUDIT}/verify", json=forged, headers=admin.headers)).json()
+    assert rewritten["ok"] is False
+    assert "rewritten" in rewritten["first_bad"]["reason"]
+
+
+async def test_bad_or_foreign_anchors_are_422(client: httpx.AsyncClient) -> None:
+    alice = await register(client)
+    bob = await register(client)
+    bobs = (await client.get(f"{AUDIT}/anchor", headers=bob.headers)).json()
+    foreign = await client.post(f"{AUDIT}/verify", json=bobs, headers=alice.headers)
+    assert foreign.status_code == 422, foreign.text
+    assert "another clinic" in foreign.json()["error"]["message"]
+    head = bobs["heads"][0]
+    for bad in (
+        {"format": "something-else", "taken_at": bobs["taken_at"], "heads": []},
+        {**bobs, "heads": [{**head, "seq": 0}]},
+        {**bobs, "heads": [{**head, "row_hash": "xyz"}]},
+        {**bobs, "taken_at": "yesterday"},
+        {**bobs, "extra": 1},
+    ):
+        answer = await client.post(f"{AUDIT}/verify", json=bad, headers=bob.headers)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert set(answer.json()) == {"error"}
+    not_json = await client.post(
+        f"{AUDIT}/verify",
+        content=b"{not json",
+        headers={**bob.headers, "Content-Type": "application/json"},
+    )
+    assert not_json.status_code == 422
+    _, doctor = await staff(client, bob, "doctor")
+    assert (await client.get(f"{AUDIT}/anchor", headers=doctor)).status_code == 403

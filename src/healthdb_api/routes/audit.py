@@ -13,7 +13,9 @@ the next page. Filters combine with AND:
 
 ``POST /api/v1/admin/audit/verify`` walks the clinic's whole chain and answers ``ok``, how
 many rows were ``checked`` and, when broken, the first bad row's ``lane``, ``seq`` and
-``reason``.
+``reason``. ``GET /api/v1/admin/audit/anchor`` returns the heads of the clinic's chains; a
+clinic that keeps it and posts it back as the body of ``/verify`` learns whether any row up
+to those heads was since deleted or rewritten, including by whoever runs the database.
 
 Both run inside the admin's clinic scope, so another clinic's events are never visible or
 verified, whatever the parameters. Reading the trail is not itself audited: the trail holds
@@ -23,10 +25,11 @@ no PHI, only who touched which record when.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -135,12 +138,35 @@ async def list_audit_events(
     return AuditPage(items=page.items, next_cursor=page.next_cursor)
 
 
+@router.get("/anchor", responses={403: {}})
+async def anchor_audit_chain(admin: Admin, db: Db) -> Response:
+    """The head of each of the clinic's chain lanes, as an anchor document to keep outside
+    the service (``healthdb-audit-anchor/1``). Posting it back to ``/verify`` later proves
+    that no row up to those heads was deleted or rewritten since, even by the operator."""
+
+    async def op(session: AsyncSession) -> audit_log.Anchor:
+        return await audit_log.take_anchor(session)
+
+    async with scope(db, admin, purpose=PURPOSE):
+        anchor = await db.execute_read(op, QueryOptions.for_read("audit.anchor"))
+    return Response(anchor.to_json(), media_type="application/json")
+
+
 @router.post("/verify", response_model=VerifyOut, responses={403: {}})
-async def verify_audit_chain(admin: Admin, db: Db) -> VerifyOut:
-    """Verify the clinic's audit hash chain from its first row to its last."""
+async def verify_audit_chain(
+    admin: Admin,
+    db: Db,
+    anchor: Annotated[
+        dict[str, Any] | None,
+        Body(description="optional: an anchor document from GET /anchor of this clinic"),
+    ] = None,
+) -> VerifyOut:
+    """Verify the clinic's audit hash chain from its first row to its last; with an anchor,
+    also that every anchored head is still there with the same hash."""
+    parsed = None if anchor is None else _own_anchor(anchor, admin.clinic_id)
 
     async def op(session: AsyncSession) -> audit_log.VerifyResult:
-        return await audit_log.verify(session)
+        return await audit_log.verify(session, anchor=parsed)
 
     async with scope(db, admin, purpose=PURPOSE):
         result = await db.execute_read(op, QueryOptions.for_read("audit.verify"))
@@ -150,3 +176,18 @@ async def verify_audit_chain(admin: Admin, db: Db) -> VerifyOut:
         checked=result.checked,
         first_bad=None if bad is None else BadRowOut(lane=bad.lane, seq=bad.seq, reason=bad.reason),
     )
+
+
+def _own_anchor(document: dict[str, Any], clinic_id: uuid.UUID) -> audit_log.Anchor:
+    """The anchor, parsed (422 naming the problem if it is not one), and only of this
+    clinic: heads of other clinics would be silently unchecked, an anchor that proves
+    nothing."""
+    parsed = audit_log.Anchor.from_json(json.dumps(document))
+    if any(clinic != clinic_id for clinic, _ in parsed.heads):
+        raise ApiError(
+            422,
+            "validation_error",
+            "the anchor holds heads of another clinic; take this clinic's with GET /anchor",
+            details=[{"loc": ["body", "heads"], "msg": "another clinic", "type": "clinic"}],
+        )
+    return parsed
