@@ -334,6 +334,12 @@ def classify(sql: str) -> str:
         return "';' (pre-ping)"
     if upper.startswith("SELECT PG_ADVISORY_UNLOCK_ALL"):
         return "asyncpg pool reset"
+    if upper.startswith("BEGIN") and "SET_CONFIG" in upper:
+        # One message: BEGIN with the transaction-local settings (and the audit lane lock).
+        lock = " + lane lock" if "PG_TRY_ADVISORY_XACT_LOCK" in upper else ""
+        return upper.split(";")[0] + "; set_config" + lock
+    if "HEALTHDB.AUDIT_LANE" in upper:
+        return "SELECT claimed lane + chain head"
     if "SET_CONFIG" in upper:
         return "SELECT set_config"
     if upper.startswith("SELECT") and "FROM PATIENTS" in upper:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from healthdb.settings import Settings
 
@@ -57,6 +59,7 @@ def create_engine(
             hide_parameters=True,
             connect_args=_postgres_connect_args(settings),
         )
+        event.listen(engine.sync_engine.pool, "checkin", _forget_prelude)
     else:
         engine = create_async_engine(
             url,
@@ -117,9 +120,80 @@ def _maker(engine: AsyncEngine, session_class: type[Session]) -> async_sessionma
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
 
 
+class PreludeConnection(asyncpg.Connection):  # type: ignore[misc]  # untyped asyncpg
+    """An asyncpg connection that can send statements in the same message as its next BEGIN.
+
+    SQLAlchemy's asyncpg adapter opens a transaction lazily, with a simple-protocol ``BEGIN``
+    right before the first statement of a unit of work. :func:`begin_with` arms that
+    ``BEGIN`` with a *prelude* (the transaction-local ``set_config`` calls, the audit lane
+    lock), so they cost no round trip of their own: ``BEGIN; SELECT set_config(...)`` is
+    one message and one reply. The prelude is text in the simple protocol (no parameters),
+    so it must be built only from validated values (a ``uuid.UUID`` rendered by ``str()``,
+    Python ints) and constants. It is used once, by the next ``BEGIN``, and forgotten when
+    the unit ends (:func:`forget_prelude`) or the connection returns to the pool.
+    """
+
+    __slots__ = ("_prelude",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prelude: str | None = None
+
+    async def execute(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 (asyncpg's own signature)
+    ) -> str:
+        prelude = self._prelude
+        if prelude is None or args or not query.startswith("BEGIN"):
+            status: str = await super().execute(query, *args, timeout=timeout)
+            return status
+        self._prelude = None
+        try:
+            status = await super().execute(f"{query} {prelude}", timeout=timeout)
+            return status
+        except Exception:
+            # BEGIN succeeded but the prelude failed: the server is in an aborted transaction
+            # that nobody tracks (asyncpg marks the start as failed). End it here, so the
+            # pooled connection is clean again, then let the error propagate.
+            if not self.is_closed() and self.is_in_transaction():
+                await super().execute("ROLLBACK")
+            self._top_xact = None  # type: ignore[misc]  # asyncpg's own slot
+            raise
+
+
+async def begin_with(session: AsyncSession, prelude: str) -> PreludeConnection | None:
+    """Send ``prelude`` (semicolon-terminated SQL text, see :class:`PreludeConnection`) with
+    the session's next ``BEGIN``; call it before the transaction's first statement. Returns
+    the armed connection: hand it to :func:`disarm` when the unit ends."""
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    if not isinstance(driver, PreludeConnection):
+        return None
+    driver._prelude = prelude
+    return driver
+
+
+def disarm(driver: PreludeConnection | None) -> None:
+    """Drop a prelude that no ``BEGIN`` used (a unit that ran no statement)."""
+    if driver is not None:
+        driver._prelude = None
+
+
+def _forget_prelude(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    # Belt and braces: a prelude never outlives the checkout that armed it.
+    disarm(
+        record.driver_connection
+        if isinstance(record.driver_connection, PreludeConnection)
+        else None
+    )
+
+
 def _postgres_connect_args(settings: Settings) -> dict[str, Any]:
     # Sent in the startup packet: bounds every statement and lock wait at zero extra round trips.
     return {
+        "connection_class": PreludeConnection,
         "timeout": settings.pool_timeout,
         "server_settings": {
             "statement_timeout": str(settings.statement_timeout_ms),

@@ -27,15 +27,16 @@ gaps for every row up to the anchored heads.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import BigInteger, Table, bindparam, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired, InvalidInput
@@ -48,6 +49,7 @@ __all__ = [
     "append",
     "append_many",
     "append_rows",
+    "claim_lane",
     "clinic_lock_key",
     "row_hash",
 ]
@@ -104,10 +106,6 @@ def row_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def _is_postgres(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
     """Chain ``event`` onto its clinic's audit trail and flush it, in the caller's transaction.
 
@@ -151,7 +149,7 @@ async def append_many(
     for event in events:
         _prepare(event)
     fields = [{name: getattr(event, name) for name in SEALED} for event in events]
-    await _chain(session, fields, lanes)
+    await _chain(await session.connection(), fields, lanes, None)
     for event, sealed in zip(events, fields, strict=True):
         for name in ("lane", "seq", "prev_hash", "row_hash"):
             setattr(event, name, sealed[name])
@@ -161,11 +159,19 @@ async def append_many(
 
 
 async def append_rows(
-    session: AsyncSession, rows: Sequence[dict[str, Any]], *, lanes: int = 1
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    *,
+    lanes: int = 1,
+    claimed: uuid.UUID | None = None,
 ) -> None:
     """Chain and insert audit rows given as column mappings (``clinic_id``, ``action``,
     ``resource_type`` and any other unsealed column): the fast path for many rows at once,
-    one multi-row INSERT instead of one ORM object per row."""
+    one multi-row INSERT instead of one ORM object per row.
+
+    ``claimed``: the clinic whose lane this transaction already locked with
+    :func:`claim_lane` when it began (PostgreSQL); its lane and chain head are then read in
+    one statement."""
     filled = [{**_DEFAULTS, **row, "id": row.get("id") or new_id()} for row in rows]
     previous: dt.datetime | None = None
     for row in filled:
@@ -176,8 +182,11 @@ async def append_rows(
         if previous is not None and stamp <= previous:
             stamp = previous + _TICK
         row["occurred_at"] = previous = stamp
-    await _chain(session, filled, lanes)
-    await session.execute(insert(AuditEvent), filled)
+    conn = await session.connection()
+    await _chain(conn, filled, lanes, claimed)
+    # Core, on the session's connection: the rows are the library's own, stamped with their
+    # clinic above; row-level security still checks every one (WITH CHECK).
+    await conn.execute(_INSERT, filled)
 
 
 _TICK = dt.timedelta(microseconds=1)
@@ -195,27 +204,80 @@ _DEFAULTS: dict[str, Any] = {
     "prev_hash": None,
 }
 
+_EVENTS = cast(Table, AuditEvent.__table__)
+_INSERT = insert(_EVENTS)
+#: The head of one lane: built once, so every append reuses SQLAlchemy's compiled form.
+_HEAD = (
+    select(_EVENTS.c.seq, _EVENTS.c.row_hash)
+    .where(
+        _EVENTS.c.clinic_id == bindparam("clinic_id"),
+        _EVENTS.c.lane == bindparam("lane"),
+        _EVENTS.c.seq.is_not(None),
+    )
+    .order_by(_EVENTS.c.seq.desc())
+    .limit(1)
+)
 
-async def _chain(session: AsyncSession, rows: list[dict[str, Any]], lanes: int) -> None:
+#: The transaction-local setting in which :func:`claim_lane` leaves the lane it locked
+#: ('' when every lane was busy).
+LANE_SETTING = "healthdb.audit_lane"
+
+#: The lane :func:`claim_lane` locked, with its chain head, in one statement. The head is
+#: read by a later statement than the one that took the lock, so (READ COMMITTED) its
+#: snapshot includes every append committed by the lane's previous holders.
+_CLAIMED_HEAD = text(
+    "SELECT s.lane, h.seq, h.row_hash FROM "  # noqa: S608 (constants only)
+    f"(SELECT CAST(NULLIF(current_setting('{LANE_SETTING}', true), '') AS integer) AS lane) s "
+    "LEFT JOIN LATERAL (SELECT a.seq, a.row_hash FROM audit_events a "
+    "WHERE a.clinic_id = :clinic_id AND a.lane = s.lane AND a.seq IS NOT NULL "
+    "ORDER BY a.seq DESC LIMIT 1) h ON true"
+)
+
+
+def claim_lane(clinic_id: uuid.UUID, lanes: int) -> str:
+    """A select-list item for the statement that begins a transaction (PostgreSQL): lock the
+    first free lane of the clinic's chain, tried from a random lane, and leave its number in
+    :data:`LANE_SETTING` for :func:`append_rows` (``claimed=clinic_id``). Nothing waits here:
+    when every lane is busy the setting is '' and the append queues on one lane itself.
+
+    The text is rendered inline (it travels with ``BEGIN`` in the simple protocol): it holds
+    only Python ints and constants."""
+    if not isinstance(clinic_id, uuid.UUID) or not 1 <= lanes <= 64:
+        raise InvalidInput("claim_lane needs a clinic uuid and 1-64 lanes")
+    return _claim_text(clinic_id, lanes, secrets.randbelow(lanes))
+
+
+@functools.lru_cache(maxsize=8192)
+def _claim_text(clinic_id: uuid.UUID, lanes: int, start: int) -> str:
+    # Cached: eight sha256 lock keys per call cost more than the rest of the prelude.
+    order = [(start + i) % lanes for i in range(lanes)]
+    keys = ",".join(str(clinic_lock_key(clinic_id, lane)) for lane in order)
+    numbers = ",".join(str(lane) for lane in order)
+    return (
+        f"set_config('{LANE_SETTING}', COALESCE((SELECT k.lane::text FROM "  # noqa: S608
+        f"unnest('{{{keys}}}'::bigint[], '{{{numbers}}}'::integer[]) AS k(key, lane) "
+        "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1), ''), true)"
+    )
+
+
+async def _chain(
+    conn: AsyncConnection, rows: list[dict[str, Any]], lanes: int, claimed: uuid.UUID | None
+) -> None:
     """Give each row its lane, ``seq``, ``prev_hash`` and ``row_hash``, in order."""
     by_clinic: dict[uuid.UUID, list[dict[str, Any]]] = {}
     for row in rows:
         by_clinic.setdefault(row["clinic_id"], []).append(row)
-    postgres = _is_postgres(session)
+    postgres = conn.dialect.name == "postgresql"
     for clinic_id, chain in by_clinic.items():
-        lane = await _lock_lane(session, clinic_id, lanes) if postgres else 0
-        last = (
-            await session.execute(
-                select(AuditEvent.seq, AuditEvent.row_hash)
-                .where(
-                    AuditEvent.clinic_id == clinic_id,
-                    AuditEvent.lane == lane,
-                    AuditEvent.seq.is_not(None),
-                )
-                .order_by(AuditEvent.seq.desc())
-                .limit(1)
-            )
-        ).first()
+        last: Any = None
+        lane: int | None = None
+        if postgres and clinic_id == claimed:
+            found = (await conn.execute(_CLAIMED_HEAD, {"clinic_id": clinic_id})).one()
+            lane = found.lane
+            last = found if found.seq is not None else None
+        if lane is None:
+            lane = await _lock_lane(conn, clinic_id, lanes) if postgres else 0
+            last = (await conn.execute(_HEAD, {"clinic_id": clinic_id, "lane": lane})).first()
         seq = 0 if last is None else int(last.seq)
         prev = GENESIS_HASH if last is None else (last.row_hash or GENESIS_HASH)
         for row in chain:
@@ -230,17 +292,18 @@ _TRY_LANES = text(
     "SELECT k.i FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS k(key, i) "
     "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1"
 )
+_WAIT_LANE = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 
 
-async def _lock_lane(session: AsyncSession, clinic_id: uuid.UUID, lanes: int) -> int:
+async def _lock_lane(conn: AsyncConnection, clinic_id: uuid.UUID, lanes: int) -> int:
     """Lock one lane of the clinic's chain for this transaction and return it."""
     start = secrets.randbelow(lanes) if lanes > 1 else 0
     order = [(start + i) % lanes for i in range(lanes)]
     if lanes > 1:
         keys = [clinic_lock_key(clinic_id, lane) for lane in order]
-        free = (await session.execute(_TRY_LANES, {"keys": keys})).scalar()
+        free = (await conn.execute(_TRY_LANES, {"keys": keys})).scalar()
         if free is not None:
             return order[int(free) - 1]
     # Every lane busy (or one lane): queue on the first, as a single chain always did.
-    await session.execute(select(func.pg_advisory_xact_lock(clinic_lock_key(clinic_id, start))))
+    await conn.execute(_WAIT_LANE, {"key": clinic_lock_key(clinic_id, start)})
     return start

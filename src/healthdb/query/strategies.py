@@ -8,16 +8,17 @@ or rolled back — so every path releases its connection, including on cancellat
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from healthdb.engine import Sessions
+from healthdb.engine import PreludeConnection, Sessions, begin_with, disarm
 from healthdb.errors import (
     AuditWriteFailed,
+    ClinicContextRequired,
     ConflictError,
     PhiNotCacheable,
     QueryTimeout,
@@ -27,7 +28,7 @@ from healthdb.internal.isolation import PESSIMISTIC
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import WRITTEN_TAGS
 from healthdb.internal.retry import SnapshotConflict, is_transient, is_unique_violation
-from healthdb.internal.rls import SET_CLINIC
+from healthdb.internal.rls import CLINIC_SETTING
 from healthdb.query.options import (
     LockMode,
     QueryOptions,
@@ -62,22 +63,32 @@ async def unit_of_work(
     read_only = _is_read_only(call)
     factory = sessions.read if read_only else sessions.write
     async with factory() as session:
+        claimed: uuid.UUID | None = None
+        armed: PreludeConnection | None = None
         if isinstance(options, TransactionOptions):
             if options.lock is LockMode.PESSIMISTIC:
                 session.sync_session.info[PESSIMISTIC] = True
             if options.isolation is not None:
                 isolation = {"isolation_level": options.isolation.value}
                 await session.connection(execution_options=isolation)
-        elif postgres and options.write_strategy is WriteStrategy.BATCH:
-            await session.execute(_SET_LOCAL_TIMEOUT, {"ms": str(batch_statement_timeout_ms)})
-        if postgres and call.scope is not None:
-            await _set_clinic(session, call)
+        if postgres:
+            settings = []
+            if isinstance(options, QueryOptions) and options.write_strategy is WriteStrategy.BATCH:
+                settings.append(_local_timeout(batch_statement_timeout_ms))
+            if call.scope is not None:
+                settings.append(_clinic_setting(call.scope.clinic_id))
+                if not read_only and _always_audited(call):
+                    # The unit will write audit rows: take its chain lane with BEGIN too.
+                    settings.append(audit.claim_lane(call.scope.clinic_id, audit_lanes))
+                    claimed = call.scope.clinic_id
+            if settings:
+                armed = await begin_with(session, _select(settings))
         try:
             async with asyncio.timeout(options.timeout):
                 result = await call.operation(session)
                 records = await _accesses(session, call)
                 if records and not read_only:
-                    await _audit(session, call, records, lanes=audit_lanes)
+                    await _audit(session, call, records, lanes=audit_lanes, claimed=claimed)
                 await session.commit()
                 if records and read_only:
                     await _audit_apart(
@@ -85,6 +96,8 @@ async def unit_of_work(
                     )
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
+        finally:
+            disarm(armed)
         tags = session.sync_session.info.get(WRITTEN_TAGS)
         if tags:
             await on_commit(set(tags))
@@ -93,12 +106,31 @@ async def unit_of_work(
         return result
 
 
-async def _set_clinic(session: AsyncSession, call: Call) -> None:
-    # The database wall: row-level security sees this clinic, for this transaction only.
-    # Without a scope nothing is set and RLS shows no tenant rows at all.
-    assert call.scope is not None
-    conn = await session.connection()
-    await conn.execute(SET_CLINIC, {"clinic_id": str(call.scope.clinic_id)})
+def _always_audited(call: Call) -> bool:
+    """Calls that declare PHI, and the break-glass lane, write audit rows (almost) always."""
+    options = call.options
+    return call.kind is CallKind.CRITICAL or (isinstance(options, QueryOptions) and options.phi)
+
+
+# Transaction-local settings (``is_local => true``: gone at COMMIT/ROLLBACK), sent with the
+# transaction's BEGIN in one simple-protocol message (engine.begin_with), hence rendered
+# inline: only from a validated ``uuid.UUID`` (``str()`` gives 36 hex digits and dashes) and
+# Python ints. The database wall: row-level security sees this clinic, for this transaction
+# only; without a scope nothing is set and RLS shows no tenant rows at all.
+
+
+def _clinic_setting(clinic_id: uuid.UUID) -> str:
+    if not isinstance(clinic_id, uuid.UUID):
+        raise ClinicContextRequired("the clinic scope holds no valid clinic id")
+    return f"set_config('{CLINIC_SETTING}', '{clinic_id}', true)"
+
+
+def _local_timeout(ms: int) -> str:
+    return f"set_config('statement_timeout', '{int(ms)}', true)"
+
+
+def _select(items: list[str]) -> str:
+    return "SELECT " + ", ".join(items) + ";"
 
 
 async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
@@ -116,7 +148,14 @@ async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
     return records
 
 
-async def _audit(session: AsyncSession, call: Call, records: list[Access], *, lanes: int) -> None:
+async def _audit(
+    session: AsyncSession,
+    call: Call,
+    records: list[Access],
+    *,
+    lanes: int,
+    claimed: uuid.UUID | None = None,
+) -> None:
     """Write the audit rows in the unit's own transaction: no row, no commit."""
     if call.scope is None:
         raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
@@ -125,7 +164,7 @@ async def _audit(session: AsyncSession, call: Call, records: list[Access], *, la
     # (the runtime role may only SELECT and INSERT audit rows).
     session.sync_session.info.pop(PESSIMISTIC, None)
     try:
-        await audit.append_rows(session, rows, lanes=lanes)
+        await audit.append_rows(session, rows, lanes=lanes, claimed=claimed)
     except Exception as exc:
         if is_unique_violation(exc):
             # Only the chain's (clinic, lane, seq) can collide: a REPEATABLE READ /
@@ -146,13 +185,17 @@ async def _audit_apart(
     """A read-only unit's audit rows, in a write transaction right after it. The caller gets
     the result only once they are committed."""
     async with sessions.write() as session:
+        claimed: uuid.UUID | None = None
+        armed: PreludeConnection | None = None
         if postgres and call.scope is not None:
-            await _set_clinic(session, call)
-        await _audit(session, call, records, lanes=lanes)
-        await session.commit()
-
-
-_SET_LOCAL_TIMEOUT = text("SELECT set_config('statement_timeout', :ms, true)")
+            claimed = call.scope.clinic_id
+            prelude = [_clinic_setting(claimed), audit.claim_lane(claimed, lanes)]
+            armed = await begin_with(session, _select(prelude))
+        try:
+            await _audit(session, call, records, lanes=lanes, claimed=claimed)
+            await session.commit()
+        finally:
+            disarm(armed)
 
 
 async def optimistic(

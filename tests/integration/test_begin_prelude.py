@@ -1,0 +1,89 @@
+"""The transaction-local settings that travel with BEGIN (PostgreSQL): the clinic is set for
+the unit's own transaction only, an unused prelude never reaches another unit, and a prelude
+that fails leaves the pooled connection clean."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from healthdb import QueryOptions
+from healthdb.engine import begin_with, disarm
+from healthdb.internal.audit import LANE_SETTING
+from tests.integration.conftest import MakeClinic, MakeDb
+
+CLINIC = text("SELECT current_setting('app.clinic_id', true)")
+LANE = text(f"SELECT current_setting('{LANE_SETTING}', true)")
+
+
+@pytest.fixture
+def pg_only(backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("the BEGIN prelude is PostgreSQL only")
+
+
+async def _setting(session: AsyncSession, stmt: object = CLINIC) -> str | None:
+    value: str | None = (await session.execute(stmt)).scalar()  # type: ignore[call-overload]
+    return value
+
+
+@pytest.mark.usefixtures("pg_only")
+async def test_the_clinic_is_set_for_the_units_transaction_only(
+    make_db: MakeDb, make_clinic: MakeClinic
+) -> None:
+    db = await make_db(pool_size=1, max_overflow=0)
+    clinic = await make_clinic()
+    async with db.clinic(clinic):
+        assert await db.execute_read(_setting) == str(clinic)
+        assert await db.execute_write(_setting) == str(clinic)
+    # The same (only) pooled connection, no scope: nothing is left over.
+    assert await db.execute_read(_setting) in (None, "")
+
+
+@pytest.mark.usefixtures("pg_only")
+async def test_a_phi_unit_claims_an_audit_lane_with_begin(
+    make_db: MakeDb, make_clinic: MakeClinic
+) -> None:
+    db = await make_db(pool_size=1, max_overflow=0, audit_lanes=4)
+    clinic = await make_clinic()
+    async with db.clinic(clinic):
+        lane = await db.execute_read(lambda s: _setting(s, LANE), QueryOptions.for_phi())
+        assert lane in {"0", "1", "2", "3"}
+        assert await db.execute_read(lambda s: _setting(s, LANE)) in (None, "")
+
+
+@pytest.mark.usefixtures("pg_only")
+async def test_an_unused_prelude_never_reaches_another_unit(
+    make_db: MakeDb, make_clinic: MakeClinic
+) -> None:
+    db = await make_db(pool_size=1, max_overflow=0)
+    clinic = await make_clinic()
+
+    async def nothing(_session: AsyncSession) -> None:
+        return None
+
+    async with db.clinic(clinic):
+        await db.execute_read(nothing)  # armed, never began
+    assert await db.execute_read(_setting) in (None, "")
+
+
+@pytest.mark.usefixtures("pg_only")
+async def test_a_failing_prelude_leaves_the_connection_clean(make_db: MakeDb) -> None:
+    db = await make_db(pool_size=1, max_overflow=0)
+    maker = db._sessions.write
+    async with maker() as session:
+        armed = await begin_with(session, "SELECT 1 / 0;")
+        try:
+            with pytest.raises(DBAPIError):
+                await session.execute(text("SELECT 1"))
+        finally:
+            disarm(armed)
+    async with maker() as session:
+        assert (await session.execute(text("SELECT 2"))).scalar() == 2
+        driver = (await (await session.connection()).get_raw_connection()).driver_connection
+        assert driver is not None
+        assert driver.is_in_transaction()
+        await session.commit()
+        assert not driver.is_in_transaction()
