@@ -25,7 +25,9 @@ app = typer.Typer(help="healthdb: multi-tenant healthcare database layer", no_ar
 console = Console(stderr=True)
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-keys_app = typer.Typer(help="Encryption keys of PHI at rest (SSN).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Encryption keys of PHI at rest (SSNs, clinical notes).", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -191,7 +193,7 @@ def keys_generate() -> None:
 
 @keys_app.command("status")
 def keys_status() -> None:
-    """How many SSN values each key id encrypts, and which key is active.
+    """How many encrypted values (SSNs, notes) each key id protects, and which is active.
 
     Runs as the runtime role (HEALTHDB_DATABASE_URL), clinic by clinic, under row-level
     security. A key may be retired once it counts 0 values.
@@ -221,7 +223,7 @@ def keys_rotate(
         typer.Option(help="key file only: add a new key with this id and make it active first"),
     ] = None,
 ) -> None:
-    """Re-encrypt every SSN not under the active key, in batches, one transaction each.
+    """Re-encrypt every SSN and note not under the active key, in batches, one transaction each.
 
     Safe to interrupt and to re-run: committed batches stay, and a re-run picks up only
     values still under an old key. With HEALTHDB_PHI_KEYS, add the new key there and point

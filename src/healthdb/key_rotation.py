@@ -5,7 +5,8 @@ Design: the rotation reads and writes only the encrypted columns, never whole ro
 * Each batch is one ``execute_transaction`` in a clinic scope (role ``doctor``, purpose
   ``key_rotation``), so on PostgreSQL it runs as the runtime role under row-level security
   and needs no superuser; the ORM wall scopes every statement to the clinic as usual.
-* A batch selects ``(id, ssn)`` of rows whose stored token does not start with
+* A batch selects ``(id, value)`` of one encrypted column (``patients.ssn``, then
+  ``patients.notes``) for rows whose stored token does not start with
   ``v1.<active>.``, keyset-ordered by id, ``FOR UPDATE`` (pessimistic lock; SQLite writes
   are serialised by ``BEGIN IMMEDIATE``), so a concurrent edit can never be overwritten by
   the old plaintext. The filter reads the raw token through ``type_coerce(..., Text)``
@@ -17,8 +18,8 @@ Design: the rotation reads and writes only the encrypted columns, never whole ro
   nothing) and a re-run resumes, since it selects only values still under an old key.
   Soft-deleted rows are re-encrypted too, or the old key could never be retired.
 
-Auditing: the unit of work records one ``phi.read`` (field ``ssn``, no row id) and one
-``phi.update`` per batch and clinic, attributed to purpose ``key_rotation``.
+Auditing: the unit of work records one ``phi.read`` (the column's field, no row id)
+and one ``phi.update`` per batch and clinic, attributed to purpose ``key_rotation``.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class RotationReport:
 
 
 def encrypted_columns() -> list[EncryptedColumn]:
-    """Every :class:`EncryptedText` column of the mapped models (today: ``patients.ssn``)."""
+    """Every :class:`EncryptedText` column of the mapped models (today: ``patients.ssn``
+    and ``patients.notes``)."""
     found: list[EncryptedColumn] = []
     for mapper in sorted(Base.registry.mappers, key=lambda m: m.class_.__name__):
         for prop in mapper.column_attrs:

@@ -209,3 +209,33 @@ async def test_find_by_ssn_uses_the_blind_index_within_the_clinic(
         assert await find("3" + ssn[1:]) == []
     async with db.clinic(other, role="doctor"):
         assert await find(ssn) == [theirs]
+
+
+async def test_rotation_re_encrypts_notes_too(
+    db: DatabaseService, make_db: MakeDb, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    """Every encrypted column rotates: a patient with both an SSN and a note has both
+    values counted and moved, and both still read back."""
+    clinic = await make_clinic()
+    note = "assessment: stable\nplan: review in 6 weeks"
+    pid = await make_patient(clinic, ssn="900-00-0042", notes=note)
+    assert await status(db, clinic_ids=[clinic]) == {"t1": 2, "t2": 0}
+    rotated_db = await make_db(phi_active_key="t2")
+
+    report = await rotate(rotated_db, clinic_ids=[clinic])
+
+    assert (report.total, report.rotated) == (2, 2)
+    assert await status(rotated_db, clinic_ids=[clinic]) == {"t1": 0, "t2": 2}
+
+    async def raw_note(session: AsyncSession) -> str:
+        stmt = select(type_coerce(Patient.notes, Text)).where(Patient.id == pid)
+        return str((await session.execute(stmt)).scalar_one())
+
+    async def read(session: AsyncSession) -> tuple[str | None, str | None]:
+        patient = await session.get(Patient, pid)
+        assert patient is not None
+        return patient.ssn, patient.notes
+
+    async with rotated_db.clinic(clinic, role="doctor"):
+        assert (await rotated_db.execute_read(raw_note)).startswith("v1.t2.")
+        assert await rotated_db.execute_read(read, QueryOptions.for_phi()) == ("900-00-0042", note)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from sqlalchemy.orm import ORMExecuteState, with_loader_criteria
 from healthdb.engine import create_engine, session_factory
 from healthdb.errors import ConflictError, IntegrityViolation, InvalidInput, NotFound
 from healthdb.models import Appointment, Clinic, Patient, Tenant, User
+from healthdb.phi.crypto import Keyring, using_keyring
+from healthdb.phi.keys import keyring_for
 from healthdb.repositories import (
     AppointmentRepository,
     ClinicRepository,
@@ -29,6 +31,14 @@ from healthdb.repositories import (
 from healthdb.settings import Settings
 
 T0 = dt.datetime(2030, 1, 6, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def keyring() -> Iterator[Keyring]:
+    """Below the facade nothing installs the keyring that encrypted columns (the SSN and
+    the notes) need; these tests install the suite's own, as DatabaseService would."""
+    with using_keyring(keyring_for(Settings())) as installed:
+        yield installed
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Date, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Date, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from healthdb.models.base import Base, Tenant, Timestamped, new_id
@@ -50,7 +50,10 @@ class Patient(Tenant, Timestamped, Base):
             BLIND_INDEX_OF: "ssn",
         },
     )
-    notes: Mapped[str | None] = mapped_column(Text, default=None, info=phi(PhiKind.CLINICAL_NOTE))
+    # AES-GCM at rest like the SSN; nothing searches notes, so they need no blind index.
+    notes: Mapped[str | None] = mapped_column(
+        EncryptedText("patients.notes"), default=None, info=phi(PhiKind.CLINICAL_NOTE)
+    )
     version: Mapped[int] = mapped_column(Integer, default=1)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
