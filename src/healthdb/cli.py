@@ -199,7 +199,7 @@ def keys_status() -> None:
     security. A key may be retired once it counts 0 values.
     """
     from healthdb.errors import HealthdbError
-    from healthdb.key_rotation import UNKNOWN_KEY
+    from healthdb.key_rotation import STALE_INDEX, UNKNOWN_KEY
 
     try:
         active, counts = asyncio.run(_key_status(Settings()))
@@ -209,6 +209,8 @@ def keys_status() -> None:
     for key_id, count in counts.items():
         if key_id == UNKNOWN_KEY:
             typer.echo(f"{count:>10}  under a key missing from this keyring")
+        elif key_id == STALE_INDEX:
+            typer.echo(f"{count:>10}  indexed under a previous blind-index key")
         else:
             typer.echo(f"{count:>10}  {key_id}{'  (active)' if key_id == active else ''}")
 
@@ -222,6 +224,10 @@ def keys_rotate(
         str | None,
         typer.Option(help="key file only: add a new key with this id and make it active first"),
     ] = None,
+    new_index_key: Annotated[
+        bool,
+        typer.Option(help="key file only: make a new blind-index key current first"),
+    ] = False,
 ) -> None:
     """Re-encrypt every SSN and note not under the active key, in batches, one transaction each.
 
@@ -229,6 +235,10 @@ def keys_rotate(
     values still under an old key. With HEALTHDB_PHI_KEYS, add the new key there and point
     HEALTHDB_PHI_ACTIVE_KEY at it before rotating; with a key file (the SQLite default),
     ``--new-key ID`` does both (re-running with the same ID resumes).
+
+    The blind-index key rotates the same way: set the new one as HEALTHDB_PHI_INDEX_KEY and
+    the old one in HEALTHDB_PHI_PREVIOUS_INDEX_KEYS (lookups match both meanwhile), or pass
+    ``--new-index-key`` with a key file (re-run without it to resume).
     """
     from healthdb.errors import HealthdbError
 
@@ -236,6 +246,8 @@ def keys_rotate(
     try:
         if new_key is not None:
             _activate_new_key(settings, new_key)
+        if new_index_key:
+            _activate_new_index_key(settings)
         report = asyncio.run(_rotate(settings, batch_size))
     except HealthdbError as exc:
         typer.echo(f"key rotation failed: {exc}", err=True)
@@ -270,6 +282,20 @@ def _activate_new_key(settings: Settings, key_id: str) -> None:
         return
     add_key_to_file(path, key_id)
     console.print(f"added key {key_id!r} to {path} and made it active")
+
+
+def _activate_new_index_key(settings: Settings) -> None:
+    from healthdb.errors import EncryptionError
+    from healthdb.phi.keys import default_key_file, new_index_key_in_file
+
+    path = default_key_file(settings)
+    if settings.phi_keys is not None or path is None or not path.exists():
+        raise EncryptionError(
+            "--new-index-key needs a key file; with HEALTHDB_PHI_KEYS set the new key as "
+            "HEALTHDB_PHI_INDEX_KEY and the old one in HEALTHDB_PHI_PREVIOUS_INDEX_KEYS"
+        )
+    keyring = new_index_key_in_file(path)
+    console.print(f"made blind-index key {keyring.index_id} current in {path}")
 
 
 async def _key_status(settings: Settings) -> tuple[str, dict[str, int]]:

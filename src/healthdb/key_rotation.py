@@ -6,11 +6,12 @@ Design: the rotation reads and writes only the encrypted columns, never whole ro
   ``key_rotation``), so on PostgreSQL it runs as the runtime role under row-level security
   and needs no superuser; the ORM wall scopes every statement to the clinic as usual.
 * A batch selects ``(id, value)`` of one encrypted column (``patients.ssn``, then
-  ``patients.notes``) for rows whose stored token does not start with
-  ``v1.<active>.``, keyset-ordered by id, ``FOR UPDATE`` (pessimistic lock; SQLite writes
-  are serialised by ``BEGIN IMMEDIATE``), so a concurrent edit can never be overwritten by
-  the old plaintext. The filter reads the raw token through ``type_coerce(..., Text)``
-  (no decryption); the selected attribute is decrypted by its column type as usual.
+  ``patients.notes``) for rows whose stored token does not start with ``v1.<active>.`` or
+  whose blind index is not under the current index key, keyset-ordered by id, ``FOR
+  UPDATE`` (pessimistic lock; SQLite writes are serialised by ``BEGIN IMMEDIATE``), so a
+  concurrent edit can never be overwritten by the old plaintext. The filter reads the raw
+  token through ``type_coerce(..., Text)`` (no decryption); the selected attribute is
+  decrypted by its column type as usual.
 * It writes back with an ORM UPDATE per row: the column type encrypts under the active
   key and the blind index is recomputed. ``version`` and ``updated_at`` are
   kept: the value did not change, so optimistic writers see no spurious conflict.
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, func, select, type_coerce, update
+from sqlalchemy import ColumnElement, Text, and_, func, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import as_uuid
@@ -40,6 +41,7 @@ from healthdb.query.options import QueryOptions, TransactionOptions
 from healthdb.service import DatabaseService
 
 __all__ = [
+    "STALE_INDEX",
     "UNKNOWN_KEY",
     "EncryptedColumn",
     "RotationReport",
@@ -51,6 +53,9 @@ __all__ = [
 #: ``status`` counts values that no key of the keyring names (or plaintext) under this id;
 #: it is not a valid key id, so it never collides with one.
 UNKNOWN_KEY = "?"
+#: ``status`` counts, under this id, values under the active key whose blind index was
+#: computed with a previous index key (not a valid key id either).
+STALE_INDEX = "index:previous"
 PURPOSE = "key_rotation"
 MAX_BATCH = 10_000
 
@@ -86,7 +91,8 @@ class RotationReport:
 
     @property
     def total(self) -> int:
-        """Values that were not under the active key when the run started."""
+        """Values that were not under the active key (or were indexed under a previous
+        index key) when the run started."""
         return sum(n for key_id, n in self.before.items() if key_id != self.active)
 
 
@@ -117,6 +123,12 @@ def _prefix(key_id: str) -> str:
 def _starts_with(token: ColumnElement[str], prefix: str) -> ColumnElement[bool]:
     # substr rather than LIKE: key ids may contain "_", a LIKE wildcard.
     return func.substr(token, 1, len(prefix)) == prefix
+
+
+def _stale_index(target: EncryptedColumn, keyring: Keyring) -> ColumnElement[bool]:
+    """The blind index is set but not under the current index key."""
+    index: ColumnElement[str] = getattr(target.model, str(target.index_key))
+    return and_(index.is_not(None), ~_starts_with(index, f"{keyring.index_id}."))
 
 
 async def _clinic_ids(
@@ -152,6 +164,13 @@ async def _count_clinic(db: DatabaseService, clinic_id: uuid.UUID) -> dict[str, 
                 counts[key_id] = counts.get(key_id, 0) + n
             if total > known:
                 counts[UNKNOWN_KEY] = counts.get(UNKNOWN_KEY, 0) + total - known
+            if target.index_key is not None:
+                stale = base.where(
+                    _starts_with(token, _prefix(keyring.active)), _stale_index(target, keyring)
+                )
+                n = int((await session.execute(stale)).scalar_one())
+                if n:
+                    counts[STALE_INDEX] = counts.get(STALE_INDEX, 0) + n
         return counts
 
     async with db.clinic(clinic_id, role="doctor", purpose=PURPOSE):
@@ -169,12 +188,22 @@ async def status(
     """How many stored values each key id encrypts, over every clinic (or ``clinic_ids``).
 
     Every key of the keyring is listed (0 when unused); values under a key the keyring
-    lacks, or not encrypted at all, are counted under :data:`UNKNOWN_KEY` when present.
+    lacks, or not encrypted at all, are counted under :data:`UNKNOWN_KEY` when present, and
+    values under the active key whose blind index still uses a previous index key under
+    :data:`STALE_INDEX`.
     """
     totals: dict[str, int] = dict.fromkeys(db.keyring.keys, 0)
     for clinic_id in await _clinic_ids(db, clinic_ids):
         _add(totals, await _count_clinic(db, clinic_id))
     return totals
+
+
+def _stale(target: EncryptedColumn, keyring: Keyring) -> ColumnElement[bool]:
+    """Under an old key, or (when indexed) indexed under an old index key."""
+    old_key = ~_starts_with(target.token, _prefix(keyring.active))
+    if target.index_key is None:
+        return old_key
+    return or_(old_key, _stale_index(target, keyring))
 
 
 def _batch_op(
@@ -194,7 +223,7 @@ def _batch_op(
         stmt = (
             select(id_attr, getattr(model, target.key))
             .select_from(model)
-            .where(token.is_not(None), ~_starts_with(token, _prefix(keyring.active)))
+            .where(token.is_not(None), _stale(target, keyring))
             .order_by(id_attr)
             .limit(size)
         )

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     phi_keys: SecretStr | None = None
     phi_active_key: str | None = None
     phi_index_key: SecretStr | None = None
+    # Blind-index keys being rotated out ("base64key,base64key"): lookups still match index
+    # values under them until ``healthdb keys rotate`` has recomputed every one.
+    phi_previous_index_keys: SecretStr | None = None
     phi_key_file: str | None = None
     # Independent audit chains per clinic (PostgreSQL): PHI accesses of one clinic audit
     # concurrently up to this many at a time instead of queueing on one chain lock.

@@ -13,12 +13,13 @@ from sqlalchemy import Text, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.errors import EncryptionKeyMissing
-from healthdb.key_rotation import rotate, status
+from healthdb.key_rotation import STALE_INDEX, rotate, status
 from healthdb.models import AuditEvent, Patient
+from healthdb.phi.crypto import generate_key
 from healthdb.query.options import QueryOptions
 from healthdb.repositories.patients import PatientRepository
 from healthdb.service import DatabaseService
-from tests.conftest import TEST_PHI_KEYS
+from tests.conftest import TEST_INDEX_KEY, TEST_PHI_KEYS
 from tests.integration.conftest import MakeClinic, MakeDb, MakePatient
 
 SSNS = [f"900-{n // 100:02d}-{n % 10_000:04d}" for n in range(7)]
@@ -239,3 +240,52 @@ async def test_rotation_re_encrypts_notes_too(
     async with rotated_db.clinic(clinic, role="doctor"):
         assert (await rotated_db.execute_read(raw_note)).startswith("v1.t2.")
         assert await rotated_db.execute_read(read, QueryOptions.for_phi()) == ("900-00-0042", note)
+
+
+async def stored_indexes(db: DatabaseService, clinic_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    async def op(session: AsyncSession) -> dict[uuid.UUID, str]:
+        stmt = select(Patient.id, Patient.ssn_index).where(Patient.ssn_index.is_not(None))
+        return {row[0]: row[1] for row in (await session.execute(stmt)).all()}
+
+    async with db.clinic(clinic_id, role="doctor"):
+        return await db.execute_read(op)
+
+
+async def found_by_ssn(db: DatabaseService, clinic_id: uuid.UUID, ssn: str) -> list[uuid.UUID]:
+    async def op(session: AsyncSession) -> list[uuid.UUID]:
+        return [p.id for p in await PatientRepository(session).find_by_ssn(ssn)]
+
+    async with db.clinic(clinic_id, role="doctor"):
+        return await db.execute_read(op, QueryOptions.for_phi())
+
+
+async def test_the_blind_index_key_rotates_without_losing_a_lookup(
+    db: DatabaseService, make_db: MakeDb, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    """A new index key with the old one kept as previous: lookups work before, during and
+    after the rotation, which recomputes every index value under the new key (and leaves
+    the ciphertexts' key alone); afterwards the old index key can be dropped."""
+    clinic, expected = await populate(make_clinic, make_patient)
+    pid, ssn = next(iter(expected.items()))
+    new_index = generate_key()
+    old_id = db.keyring.index_id
+    assert {v.split(".")[0] for v in (await stored_indexes(db, clinic)).values()} == {old_id}
+    without_old = await make_db(phi_index_key=new_index)
+    assert await found_by_ssn(without_old, clinic, ssn) == []  # why the old key must stay
+    rotating = await make_db(phi_index_key=new_index, phi_previous_index_keys=TEST_INDEX_KEY)
+    assert await found_by_ssn(rotating, clinic, ssn) == [pid]
+    assert await status(rotating, clinic_ids=[clinic]) == {
+        "t1": len(SSNS),
+        "t2": 0,
+        STALE_INDEX: len(SSNS),
+    }
+
+    report = await rotate(rotating, batch_size=3, clinic_ids=[clinic])
+
+    assert (report.total, report.rotated) == (len(SSNS), len(SSNS))
+    assert await status(rotating, clinic_ids=[clinic]) == {"t1": len(SSNS), "t2": 0}
+    indexes = await stored_indexes(rotating, clinic)
+    assert {v.split(".")[0] for v in indexes.values()} == {rotating.keyring.index_id}
+    assert await found_by_ssn(without_old, clinic, ssn) == [pid]
+    assert await decrypted(without_old, clinic) == expected
+    assert (await rotate(rotating, clinic_ids=[clinic])).rotated == 0

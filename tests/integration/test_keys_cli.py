@@ -17,6 +17,7 @@ from healthdb.migrate import upgrade
 from healthdb.models import Clinic, Patient
 from healthdb.phi.crypto import parse_key
 from healthdb.query.options import QueryOptions
+from healthdb.repositories.patients import PatientRepository
 from healthdb.service import DatabaseService
 from healthdb.settings import Settings
 from tests.conftest import TEST_INDEX_KEY, TEST_PHI_KEYS
@@ -151,3 +152,44 @@ def test_keys_rotate_fails_clearly(tmp_path: Path) -> None:
     assert code == 1
     assert "no key 'k1' in the keyring" in output
     assert "re-run to resume" in output
+
+
+async def find_each(url: str, expected: dict[uuid.UUID, dict[uuid.UUID, str]]) -> bool:
+    """Whether every patient is found by its SSN through the blind index."""
+    async with DatabaseService.connect(file_settings(url)) as db:
+        for clinic_id, patients in expected.items():
+            for pid, ssn in patients.items():
+
+                async def op(session: AsyncSession, ssn: str = ssn) -> list[uuid.UUID]:
+                    return [p.id for p in await PatientRepository(session).find_by_ssn(ssn)]
+
+                async with db.clinic(clinic_id, role="doctor"):
+                    if await db.execute_read(op, QueryOptions.for_phi()) != [pid]:
+                        return False
+    return True
+
+
+def test_keys_rotate_new_index_key_with_a_key_file(tmp_path: Path) -> None:
+    db_file = tmp_path / "cli.sqlite3"
+    url = f"sqlite+aiosqlite:///{db_file}"
+    expected = asyncio.run(seed(url, per_clinic=2))
+    key_file = Path(f"{db_file}.keys.json")
+    old_index = json.loads(key_file.read_text())["index_key"]
+
+    code, output = invoke(url, "rotate", "--new-index-key", "--batch-size", "3")
+    assert code == 0, output
+    assert "made blind-index key" in output
+    assert "re-encrypted 4 value(s)" in output
+    data = json.loads(key_file.read_text())
+    assert data["index_key"] != old_index
+    assert data["previous_index_keys"] == [old_index]
+    code, output = invoke(url, "status")
+    assert (code, output.split()) == (0, ["4", "k1", "(active)"])  # no stale index left
+
+    # Every index is under the new key: dropping the old one loses no lookup.
+    del data["previous_index_keys"]
+    key_file.write_text(json.dumps(data))
+    assert asyncio.run(find_each(url, expected))
+    # With the old index key current again nothing is found: the values really moved.
+    key_file.write_text(json.dumps({**data, "index_key": old_index}))
+    assert not asyncio.run(find_each(url, expected))

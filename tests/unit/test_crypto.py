@@ -14,6 +14,7 @@ from healthdb.phi.crypto import (
     Keyring,
     current_keyring,
     generate_key,
+    index_key_id,
     key_id_of,
     parse_key,
     using_keyring,
@@ -104,8 +105,10 @@ def test_column_type_encrypts_refuses_masks_and_needs_a_keyring() -> None:
 def test_blind_index_normalises_and_depends_on_the_index_key() -> None:
     keyring = ring()
     digest = keyring.blind_index("123-45-6789")
-    assert len(digest) == 64
-    assert "6789" not in digest
+    key_id, _, mac = digest.partition(".")
+    assert key_id == index_key_id(INDEX) == keyring.index_id
+    assert len(mac) == 64
+    assert "6789" not in mac
     # Separators, spacing and full-width digits (NFKC) do not change the index.
     for same in (
         "123 45 6789",
@@ -119,6 +122,22 @@ def test_blind_index_normalises_and_depends_on_the_index_key() -> None:
     assert other.blind_index("123-45-6789") != digest
     # The index does not follow the encryption key: rotating keys keeps every index valid.
     assert ring("k2").blind_index("123-45-6789") == digest
+
+
+def test_lookups_match_under_previous_index_keys_until_recomputed() -> None:
+    """Index key rotation: the new key computes new values, and a lookup also tries each
+    previous key, so values not yet recomputed are still found; each form names its key."""
+    old = ring()
+    new_key = os.urandom(32)
+    rotating = Keyring(
+        keys={"k1": K1}, active="k1", index_key=new_key, previous_index_keys=(INDEX,)
+    )
+    candidates = rotating.blind_index_candidates("123 45 6789")
+    assert candidates == [rotating.blind_index("123-45-6789"), old.blind_index("123-45-6789")]
+    assert candidates[0].startswith(f"{index_key_id(new_key)}.")
+    assert rotating.index_id != old.index_id
+    with pytest.raises(EncryptionError, match="blind-index key"):
+        Keyring(keys={"k1": K1}, active="k1", index_key=new_key, previous_index_keys=(b"x",))
 
 
 def test_repr_never_shows_key_material() -> None:

@@ -43,7 +43,7 @@ class Patient(Tenant, Timestamped, Base):
         EncryptedText("patients.ssn"), default=None, info=phi(PhiKind.SSN)
     )
     ssn_index: Mapped[str | None] = mapped_column(
-        String(64),
+        String(80),
         default=None,
         info={
             **not_phi("HMAC blind index of the SSN; irreversible without the index key"),

@@ -7,6 +7,11 @@ moved to another column unnoticed. Decryption picks the key named in the token, 
 rotate without downtime: add a key, make it active, run ``healthdb keys rotate``, retire
 the old key once ``healthdb keys status`` shows no value under it.
 
+A blind-index value is ``<index key id>.<hex HMAC>``, so the index key rotates too: the new
+key becomes ``index_key``, the old one moves to ``previous_index_keys`` (lookups try both),
+``healthdb keys rotate`` recomputes every index value not under the current key, and the old
+key is retired once ``keys status`` counts none.
+
 The keyring reaches the column type through a ContextVar that :class:`DatabaseService` sets
 for each call (:func:`using_keyring`); outside one, encrypting or decrypting raises
 :class:`EncryptionKeyMissing` instead of storing plaintext.
@@ -41,6 +46,7 @@ __all__ = [
     "blind_index_pairs",
     "current_keyring",
     "generate_key",
+    "index_key_id",
     "key_id_of",
     "using_keyring",
 ]
@@ -82,13 +88,24 @@ def normalise_for_index(value: str) -> str:
     return "".join(ch for ch in folded if ch.isalnum())
 
 
+def index_key_id(key: bytes) -> str:
+    """The short public name of a blind-index key, stored in front of each index value.
+
+    A truncated hash of the key (32 bits): enough to tell a handful of keys apart, far too
+    little to help guess the key.
+    """
+    return hashlib.sha256(b"healthdb-blind-index-key:" + key).hexdigest()[:8]
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Keyring:
-    """Every key that may still decrypt a value, the one that encrypts, and the index key."""
+    """Every key that may still decrypt a value, the one that encrypts, the blind-index key,
+    and earlier blind-index keys whose index values may not be recomputed yet."""
 
     keys: Mapping[str, bytes]
     active: str
     index_key: bytes
+    previous_index_keys: tuple[bytes, ...] = ()
     _ciphers: dict[str, AESGCM] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,8 +117,9 @@ class Keyring:
             if len(key) != 32:
                 raise EncryptionError("PHI keys are 32 bytes")
             self._ciphers[key_id] = AESGCM(key)
-        if len(self.index_key) < 32:
-            raise EncryptionError("the blind-index key must be at least 32 bytes")
+        for index_key in (self.index_key, *self.previous_index_keys):
+            if len(index_key) < 32:
+                raise EncryptionError("a blind-index key must be at least 32 bytes")
 
     def __repr__(self) -> str:  # keys never reach a log line or a traceback
         return f"Keyring(active={self.active!r}, key_ids={sorted(self.keys)!r})"
@@ -122,10 +140,25 @@ class Keyring:
         except InvalidTag:
             raise EncryptionError("a stored value failed authentication (tampered?)") from None
 
+    @property
+    def index_id(self) -> str:
+        """:func:`index_key_id` of the current blind-index key."""
+        return index_key_id(self.index_key)
+
     def blind_index(self, value: str) -> str:
-        """HMAC-SHA256 of the normalised value, hex."""
+        """``<index key id>.<HMAC-SHA256 of the normalised value, hex>``, current key."""
+        return f"{self.index_id}.{self.index_digest(value)}"
+
+    def index_digest(self, value: str, key: bytes | None = None) -> str:
+        """The bare HMAC (hex) under ``key`` (default: the current index key)."""
         message = normalise_for_index(value).encode()
-        return hmac.new(self.index_key, message, hashlib.sha256).hexdigest()
+        return hmac.new(key or self.index_key, message, hashlib.sha256).hexdigest()
+
+    def blind_index_candidates(self, value: str) -> list[str]:
+        """Every form ``value``'s index may be stored in while index keys rotate: under the
+        current key first, then under each previous key."""
+        keys = (self.index_key, *self.previous_index_keys)
+        return [f"{index_key_id(k)}.{self.index_digest(value, k)}" for k in keys]
 
 
 def key_id_of(token: str) -> str:

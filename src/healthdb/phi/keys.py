@@ -15,7 +15,14 @@ from healthdb.errors import EncryptionError, EncryptionKeyMissing
 from healthdb.phi.crypto import Keyring, _b64d, generate_key, parse_key
 from healthdb.settings import Settings
 
-__all__ = ["add_key_to_file", "default_key_file", "keyring_for", "load_key_file", "parse_keys"]
+__all__ = [
+    "add_key_to_file",
+    "default_key_file",
+    "keyring_for",
+    "load_key_file",
+    "new_index_key_in_file",
+    "parse_keys",
+]
 
 log = structlog.get_logger("healthdb.phi")
 
@@ -47,7 +54,13 @@ def default_key_file(settings: Settings) -> Path | None:
 def load_key_file(path: Path) -> Keyring:
     data = json.loads(path.read_text())
     keys = {key_id: parse_key(value) for key_id, value in data["keys"].items()}
-    return Keyring(keys=keys, active=data["active"], index_key=_b64d(data["index_key"]))
+    previous = tuple(_b64d(value) for value in data.get("previous_index_keys", []))
+    return Keyring(
+        keys=keys,
+        active=data["active"],
+        index_key=_b64d(data["index_key"]),
+        previous_index_keys=previous,
+    )
 
 
 def _write_key_file(path: Path, data: dict[str, object]) -> None:
@@ -68,6 +81,17 @@ def add_key_to_file(path: Path, key_id: str) -> Keyring:
         raise EncryptionError(f"key id {key_id!r} already exists")
     data["keys"][key_id] = generate_key()
     data["active"] = key_id
+    _write_key_file(path, data)
+    return load_key_file(path)
+
+
+def new_index_key_in_file(path: Path) -> Keyring:
+    """Make a new random blind-index key current in a key file; the old one stays as a
+    previous key (lookups keep matching) until a rotation has recomputed every index."""
+    data = json.loads(path.read_text())
+    previous = [data["index_key"], *data.get("previous_index_keys", [])]
+    data["index_key"] = generate_key()
+    data["previous_index_keys"] = list(dict.fromkeys(previous))
     _write_key_file(path, data)
     return load_key_file(path)
 
@@ -105,8 +129,16 @@ def keyring_for(settings: Settings) -> Keyring:
             raise EncryptionKeyMissing("HEALTHDB_PHI_KEYS needs HEALTHDB_PHI_INDEX_KEY too")
         keys = parse_keys(settings.phi_keys.get_secret_value())
         active = settings.phi_active_key or next(iter(keys))
+        previous = settings.phi_previous_index_keys
         return Keyring(
-            keys=keys, active=active, index_key=parse_key(settings.phi_index_key.get_secret_value())
+            keys=keys,
+            active=active,
+            index_key=parse_key(settings.phi_index_key.get_secret_value()),
+            previous_index_keys=tuple(
+                parse_key(part)
+                for part in (previous.get_secret_value() if previous else "").split(",")
+                if part.strip()
+            ),
         )
     path = default_key_file(settings)
     if path is not None:

@@ -60,10 +60,12 @@ class PatientRepository(Repository[Patient]):
             raise InvalidInput(f"ssn must be a string of at most {MAX_SSN_LENGTH} characters")
         if not normalise_for_index(ssn):
             raise InvalidInput("ssn must contain letters or digits")
-        index = current_keyring().blind_index(ssn)
+        # Under every index key still configured: an index value computed before the index
+        # key rotated matches until the rotation has recomputed it.
+        candidates = current_keyring().blind_index_candidates(ssn)
         stmt = (
             self._select()
-            .where(Patient.ssn_index == index)
+            .where(Patient.ssn_index.in_(candidates))
             .order_by(Patient.created_at, Patient.id)
             .limit(MAX_SSN_MATCHES)
         )

@@ -63,7 +63,9 @@ def _encrypt_plaintext() -> None:
                 sa.text("UPDATE patients SET ssn = :token, ssn_index = :bidx WHERE id = :id"),
                 {
                     "token": keyring.encrypt(ssn, aad=_AAD),  # type: ignore[union-attr]
-                    "bidx": keyring.blind_index(ssn),  # type: ignore[union-attr]
+                    # The bare digest fits this revision's 64-character column; 0007 prefixes
+                    # the index key id.
+                    "bidx": keyring.index_digest(ssn),  # type: ignore[union-attr]
                     "id": patient_id,
                 },
             )
