@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from redis.asyncio import Redis
 
 from healthdb import Role
 from healthdb.contrib.fastapi import admin_router, database_lifespan, health_router, metrics_router
 from healthdb.migrate import upgrade
 from healthdb_api import errors
 from healthdb_api.auth import routes as auth_routes
+from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig
 from healthdb_api.deps import require_roles
 from healthdb_api.limits import BodySizeLimit
@@ -28,11 +31,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if settings.auto_migrate and not settings.is_postgres:
             await upgrade(settings.admin_url)
 
-    app = FastAPI(
-        title="healthdb reference service",
-        version="0.1.0",
-        lifespan=database_lifespan(settings, before_connect=migrate_embedded),
-    )
+    database = database_lifespan(settings, before_connect=migrate_embedded)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with database(app):
+            throttle = _login_throttle(settings)
+            if throttle is not None:
+                app.state.login_throttle = throttle
+            try:
+                yield
+            finally:
+                if throttle is not None:
+                    await throttle.close()
+
+    app = FastAPI(title="healthdb reference service", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.token_config = TokenConfig(
         secret=settings.resolved_jwt_secret(),
@@ -54,6 +67,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(appointments.router)
     app.include_router(audit.router)
     return app
+
+
+def _login_throttle(settings: ApiSettings) -> RedisLoginThrottle | None:
+    """With Redis configured, one login throttle for every instance (in-process fallback
+    while Redis is unreachable); without, the routes create an in-process one."""
+    if settings.redis_url is None:
+        return None
+    client = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+    )
+    return RedisLoginThrottle(
+        client, fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
+    )
 
 
 async def _request_id(

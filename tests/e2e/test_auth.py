@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
 from argon2 import PasswordHasher
 from fastapi import FastAPI
+from pydantic import SecretStr
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.testing import capture_logs
 
 from healthdb import DatabaseService
 from healthdb.models import Clinic, RefreshToken, User, UserLogin
+from healthdb_api.app import create_app
 from healthdb_api.auth.sessions import hash_token
-from healthdb_api.auth.throttle import LoginThrottle
+from healthdb_api.auth.throttle import MemoryLoginThrottle
+from healthdb_api.auth.throttle_redis import RedisLoginThrottle
+from healthdb_api.settings import ApiSettings
+from tests.conftest import REDIS_URL
 from tests.e2e.conftest import PASSWORD, Account, login, register
 
 AUTH = "/api/v1/auth"
@@ -457,7 +463,7 @@ async def test_five_failures_lock_the_account_even_for_the_right_password(
 ) -> None:
     clock = FakeClock()
     account = await register(client)
-    app.state.login_throttle = LoginThrottle(
+    app.state.login_throttle = MemoryLoginThrottle(
         max_per_account=5, max_per_address=20, window=900, clock=clock
     )
     for _ in range(5):
@@ -477,7 +483,7 @@ async def test_unknown_email_is_throttled_like_a_real_one(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
     account = await register(client)
-    app.state.login_throttle = LoginThrottle(max_per_account=3, max_per_address=100)
+    app.state.login_throttle = MemoryLoginThrottle(max_per_account=3, max_per_address=100)
     unknown = _new_email("ghost")
     for email in (account.email, unknown):
         for _ in range(3):
@@ -498,7 +504,7 @@ async def test_success_resets_the_account_counter(client: httpx.AsyncClient) -> 
 
 async def test_per_address_limit_spans_accounts(client: httpx.AsyncClient, app: FastAPI) -> None:
     account = await register(client)
-    app.state.login_throttle = LoginThrottle(max_per_account=5, max_per_address=3)
+    app.state.login_throttle = MemoryLoginThrottle(max_per_account=5, max_per_address=3)
     for _ in range(3):
         assert (await _login_raw(client, _new_email(), "wrong password 1")).status_code == 401
     response = await _login_raw(client, account.email, PASSWORD)
@@ -523,3 +529,30 @@ async def test_inactive_clinic_or_user_cannot_log_in(
     assert refused.status_code == 401
     assert refused.content == unknown.content
     assert (await _refresh(client, account.refresh_token)).status_code == 401
+
+
+@pytest.mark.redis
+async def test_with_redis_every_instance_enforces_one_login_limit(
+    api_settings: ApiSettings,
+) -> None:
+    """Two service instances on one Redis: failures on either count for both, so a second
+    instance is not a fresh budget of guesses."""
+    settings = api_settings.model_copy(update={"redis_url": SecretStr(REDIS_URL)})
+    first, second = create_app(settings), create_app(settings)
+    async with AsyncExitStack() as stack:
+        clients = []
+        for app in (first, second):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app)
+            clients.append(
+                await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://test")
+                )
+            )
+            assert isinstance(app.state.login_throttle, RedisLoginThrottle)
+        account = await register(clients[0])
+        for i in range(5):
+            wrong = await _login_raw(clients[i % 2], account.email, "wrong password 1")
+            assert wrong.status_code == 401
+        for client in clients:
+            assert (await _login_raw(client, account.email, PASSWORD)).status_code == 429

@@ -40,7 +40,12 @@ from healthdb_api.auth.schemas import (
     TokenOut,
     UserOut,
 )
-from healthdb_api.auth.throttle import Attempt, LoginThrottle, TooManyAttempts
+from healthdb_api.auth.throttle import (
+    Attempt,
+    LoginThrottle,
+    MemoryLoginThrottle,
+    TooManyAttempts,
+)
 from healthdb_api.auth.tokens import Claims, TokenConfig, issue_access
 from healthdb_api.deps import CurrentPrincipal, Db, scope, token_config
 from healthdb_api.errors import ApiError
@@ -62,17 +67,21 @@ def get_settings(request: Request) -> ApiSettings:
     return settings
 
 
+def memory_throttle(settings: ApiSettings) -> MemoryLoginThrottle:
+    """An in-process throttle with the settings' limits."""
+    return MemoryLoginThrottle(
+        max_per_account=settings.login_max_failures_per_account,
+        max_per_address=settings.login_max_failures_per_address,
+        window=settings.login_failure_window,
+    )
+
+
 def get_throttle(request: Request) -> LoginThrottle:
-    """The app's login throttle, created on first use from the settings."""
+    """The app's login throttle: shared through Redis when the app started one (see
+    :func:`healthdb_api.app.create_app`), else created in process on first use."""
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        settings = get_settings(request)
-        throttle = LoginThrottle(
-            max_per_account=settings.login_max_failures_per_account,
-            max_per_address=settings.login_max_failures_per_address,
-            window=settings.login_failure_window,
-        )
-        request.app.state.login_throttle = throttle
+        throttle = request.app.state.login_throttle = memory_throttle(get_settings(request))
     return throttle
 
 
@@ -212,7 +221,7 @@ async def login(
 ) -> TokenOut:
     """Exchange e-mail and password for an access token and a refresh token."""
     try:
-        attempt = throttle.begin(body.email, auth_audit.client_addr(request))
+        attempt = await throttle.begin(body.email, auth_audit.client_addr(request))
     except TooManyAttempts as exc:
         raise ApiError(
             429,
@@ -223,7 +232,7 @@ async def login(
     try:
         tokens = await _login(db, body, request, settings, config, attempt, throttle)
     except BaseException:
-        throttle.abort(attempt)
+        await throttle.abort(attempt)
         raise
     if tokens is None:
         raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS)
@@ -292,7 +301,7 @@ async def _login(
             return token
 
         refresh_token = await db.execute_write(start_session, QueryOptions.for_write("auth.login"))
-    throttle.succeeded(attempt)
+    await throttle.succeeded(attempt)
     log.info(
         "login_succeeded",
         user_id=str(user.id),

@@ -6,9 +6,11 @@ being verified. A successful attempt is taken back and clears the account's wind
 attempt that ends in an error rather than a verdict is taken back too (:meth:`abort`).
 
 Keys are ``sha256(normalised e-mail)`` and the client address: no e-mail is kept in memory
-in the clear. The state lives in this process (one instance per app, on ``app.state``);
-several service instances each enforce their own limit, which bounds the total at
-``instances x limit``. A shared store (Redis) is the way past one machine.
+in the clear. :class:`MemoryLoginThrottle` keeps the windows in this process; with several
+service instances each would enforce its own limit (``instances x limit`` in total), so
+with Redis configured the app uses :class:`~healthdb_api.auth.throttle_redis.
+RedisLoginThrottle`, one set of windows for every instance, and this one only while Redis
+is unreachable.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 Clock = Callable[[], float]
 
@@ -33,6 +36,8 @@ class Attempt:
     account_key: str
     address_key: str | None
     started: float
+    #: The attempt's id in a shared store ("" for an attempt counted in process memory).
+    token: str = ""
 
 
 class TooManyAttempts(Exception):
@@ -51,8 +56,32 @@ def address_key(address: str | None) -> str | None:
     return None if not address else "addr:" + address
 
 
-class LoginThrottle:
-    """Sliding-window failure counters with an injectable monotonic ``clock``."""
+class LoginThrottle(Protocol):
+    """Counts login attempts per account and per address in a sliding window."""
+
+    async def begin(self, email: str, address: str | None) -> Attempt:
+        """Count an attempt; raise :class:`TooManyAttempts` if either key is over its limit."""
+        ...
+
+    async def succeeded(self, attempt: Attempt) -> None:
+        """The password was right: clear the account's window, take back the address count."""
+        ...
+
+    async def abort(self, attempt: Attempt) -> None:
+        """The attempt ended without a verdict: take it back."""
+        ...
+
+    async def failures(self, key: str) -> int:
+        """Attempts of ``key`` (:func:`account_key` or :func:`address_key`) in the window."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryLoginThrottle:
+    """Sliding-window failure counters in this process, with an injectable monotonic
+    ``clock``. The methods are async for the :class:`LoginThrottle` protocol but never
+    await: an attempt is counted atomically with its check."""
 
     def __init__(
         self,
@@ -74,7 +103,7 @@ class LoginThrottle:
 
     # -- the login protocol ---------------------------------------------------------------
 
-    def begin(self, email: str, address: str | None) -> Attempt:
+    async def begin(self, email: str, address: str | None) -> Attempt:
         """Count an attempt, or raise :class:`TooManyAttempts` if either key is over its limit.
 
         A refused attempt is not counted: the lock ends when the window passes, however
@@ -93,13 +122,13 @@ class LoginThrottle:
             self._record(addr, now)
         return Attempt(acct, addr, now)
 
-    def succeeded(self, attempt: Attempt) -> None:
+    async def succeeded(self, attempt: Attempt) -> None:
         """The password was right: clear the account's window, take back the address count."""
         self._failures.pop(attempt.account_key, None)
         if attempt.address_key is not None:
             self._forget(attempt.address_key, attempt.started)
 
-    def abort(self, attempt: Attempt) -> None:
+    async def abort(self, attempt: Attempt) -> None:
         """The attempt ended without a verdict (e.g. the database was down): take it back."""
         self._forget(attempt.account_key, attempt.started)
         if attempt.address_key is not None:
@@ -107,7 +136,7 @@ class LoginThrottle:
 
     # -- introspection (tests, metrics) ---------------------------------------------------
 
-    def failures(self, key: str) -> int:
+    async def failures(self, key: str) -> int:
         """Failures of ``key`` (an :func:`account_key` or :func:`address_key`) in the window."""
         window = self._failures.get(key)
         if window is None:
@@ -117,6 +146,9 @@ class LoginThrottle:
 
     def __len__(self) -> int:
         return len(self._failures)
+
+    async def close(self) -> None:
+        """Nothing to release (the protocol's hook for shared stores)."""
 
     # -- internals ------------------------------------------------------------------------
 
