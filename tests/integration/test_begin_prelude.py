@@ -5,14 +5,16 @@ that fails leaves the pooled connection clean."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import QueryOptions
 from healthdb.engine import begin_with, disarm
+from healthdb.internal import audit, audit_verify
 from healthdb.internal.audit import LANE_SETTING
-from tests.integration.conftest import MakeClinic, MakeDb
+from healthdb.models import AuditEvent, Patient
+from tests.integration.conftest import MakeClinic, MakeDb, MakePatient
 
 CLINIC = text("SELECT current_setting('app.clinic_id', true)")
 LANE = text(f"SELECT current_setting('{LANE_SETTING}', true)")
@@ -87,3 +89,52 @@ async def test_a_failing_prelude_leaves_the_connection_clean(make_db: MakeDb) ->
         assert driver.is_in_transaction()
         await session.commit()
         assert not driver.is_in_transaction()
+
+
+@pytest.mark.usefixtures("pg_only")
+async def test_appends_on_a_remembered_head_are_checked_by_the_database(
+    make_db: MakeDb, make_clinic: MakeClinic, make_patient: MakePatient
+) -> None:
+    """Two services (two processes' worth of remembered heads) append to one lane in turn,
+    and a remembered head is poisoned: every stale hint is refused by the guarded INSERT and
+    the append falls back to reading the head, so the chain stays gapless and verifies."""
+    one = await make_db(audit_lanes=1)
+    two = await make_db(audit_lanes=1)
+    clinic = await make_clinic()
+    pid = await make_patient(clinic, ssn="123-45-6789")
+
+    async def get(session: AsyncSession) -> Patient | None:
+        return await session.get(Patient, pid)
+
+    async with one.clinic(clinic, role="doctor"):
+        for service in (one, one, two, one, two, two, one):
+            await service.execute_read(get, QueryOptions.for_phi())
+            await service.execute_read(get)  # read-only, then its audit transaction
+        for key, (seq, _hash) in list(audit._heads.items()):
+            if key[1] == clinic:
+                audit._heads[key] = (seq, "f" * 64)  # right seq, wrong hash
+        await one.execute_read(get, QueryOptions.for_phi())
+        for key, (seq, row) in list(audit._heads.items()):
+            if key[1] == clinic:
+                audit._heads[key] = (seq - 1, row)  # an older head
+        await one.execute_read(get, QueryOptions.for_phi())
+
+    async def rows(session: AsyncSession) -> list[tuple[int, int | None]]:
+        stmt = select(AuditEvent.lane, AuditEvent.seq).where(AuditEvent.clinic_id == clinic)
+        return [(lane, seq) for lane, seq in (await session.execute(stmt)).all()]
+
+    async def check(session: AsyncSession) -> audit_verify.VerifyResult:
+        return await audit_verify.verify(session, clinic)
+
+    async with one.clinic(clinic, role="clinic_admin"):
+        found = await one.execute_read(rows)
+        result = await one.execute_read(check)
+    by_lane: dict[int, list[int]] = {}
+    for lane, number in found:
+        by_lane.setdefault(lane, []).append(number or 0)
+    for seqs in by_lane.values():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert len(found) == 17  # the create (by the fixture's own service) and 16 reads
+    assert len(by_lane[0]) >= 16  # every read on the one lane
+    assert result.ok
+    assert result.checked == 17

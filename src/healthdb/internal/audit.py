@@ -16,6 +16,14 @@ transactions take up front (``BEGIN IMMEDIATE``), serialises everything and one 
 used. The database itself refuses UPDATE and DELETE on ``audit_events`` (migration 0003),
 and a unique index on ``(clinic_id, lane, seq)`` backs the sequence.
 
+The facade's units that always audit claim their lane in the statement that begins the
+transaction (:func:`claim_lane`, sent with ``BEGIN``); the append then reads that lane's head
+in a later statement (a fresh READ COMMITTED snapshot, taken after the lock), or, for one
+row, chains it onto the head this process remembers and inserts it with a guard that inserts
+nothing unless the lane is locked by this transaction and that head is still the newest row
+(then it falls back to reading the head). Either way ``seq`` and ``prev_hash`` come from the
+lane's real newest row, under its lock.
+
 What a chain cannot prove: that its newest rows were not deleted (the rest is still a valid
 chain), nor that someone who can rewrite the table *and* recompute every hash after the
 tampered row (the database owner, with the trigger disabled) did not forge a consistent
@@ -33,9 +41,22 @@ import json
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Table, bindparam, func, insert, select, text
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from healthdb.context import current_scope
@@ -46,11 +67,13 @@ from healthdb.models.base import new_id, utcnow
 __all__ = [
     "GENESIS_HASH",
     "SEALED",
+    "LaneClaim",
     "append",
     "append_many",
     "append_rows",
     "claim_lane",
     "clinic_lock_key",
+    "release_lane",
     "row_hash",
 ]
 
@@ -163,15 +186,17 @@ async def append_rows(
     rows: Sequence[dict[str, Any]],
     *,
     lanes: int = 1,
-    claimed: uuid.UUID | None = None,
+    claimed: LaneClaim | None = None,
 ) -> None:
     """Chain and insert audit rows given as column mappings (``clinic_id``, ``action``,
     ``resource_type`` and any other unsealed column): the fast path for many rows at once,
     one multi-row INSERT instead of one ORM object per row.
 
-    ``claimed``: the clinic whose lane this transaction already locked with
-    :func:`claim_lane` when it began (PostgreSQL); its lane and chain head are then read in
-    one statement."""
+    ``claimed``: the lane this transaction already tried to lock with :func:`claim_lane`
+    when it began (PostgreSQL). The lane and its chain head are then read in one statement,
+    or, for a single row whose lane head this process remembers, not read at all: the row is
+    chained onto the remembered head and inserted only if the database confirms, in the same
+    statement, that the lane is this transaction's and that head is still the newest row."""
     filled = [{**_DEFAULTS, **row, "id": row.get("id") or new_id()} for row in rows]
     previous: dt.datetime | None = None
     for row in filled:
@@ -183,10 +208,19 @@ async def append_rows(
             stamp = previous + _TICK
         row["occurred_at"] = previous = stamp
     conn = await session.connection()
+    hint = claimed if conn.dialect.name == "postgresql" else None
+    if hint is not None and hint.sql is None:  # a shared lane: queue for it now
+        key = clinic_lock_key(hint.clinic_id, hint.lane)
+        await conn.execute(_WAIT_AND_NOTE, {"key": key, "lane": str(hint.lane)})
+    single = len(filled) == 1 and filled[0]["clinic_id"] == (hint and hint.clinic_id)
+    if hint is not None and single and await _append_on_hint(conn, filled[0], hint):
+        return
     await _chain(conn, filled, lanes, claimed)
     # Core, on the session's connection: the rows are the library's own, stamped with their
     # clinic above; row-level security still checks every one (WITH CHECK).
     await conn.execute(_INSERT, filled)
+    if conn.dialect.name == "postgresql":
+        _remember(conn, filled)
 
 
 _TICK = dt.timedelta(microseconds=1)
@@ -234,34 +268,145 @@ _CLAIMED_HEAD = text(
 )
 
 
-def claim_lane(clinic_id: uuid.UUID, lanes: int) -> str:
-    """A select-list item for the statement that begins a transaction (PostgreSQL): lock the
-    first free lane of the clinic's chain, tried from a random lane, and leave its number in
-    :data:`LANE_SETTING` for :func:`append_rows` (``claimed=clinic_id``). Nothing waits here:
-    when every lane is busy the setting is '' and the append queues on one lane itself.
+@dataclass(frozen=True, slots=True)
+class LaneClaim:
+    """A lane lock requested with BEGIN: ``sql`` is the select-list item for the prelude,
+    ``lane`` the lane tried first (the one this transaction holds unless another process
+    held it). When every lane is already claimed in this process, ``sql`` is None and the
+    append waits for ``lane``'s lock instead. Give it back with :func:`release_lane` when
+    the transaction ends."""
+
+    clinic_id: uuid.UUID
+    lane: int
+    sql: str | None  # None: share ``lane``, waiting for its lock when appending
+
+
+# In-process hints, never trusted on their own (every use is checked by the database):
+# the lanes that this process's open transactions tried first, per clinic, so concurrent
+# units start from different lanes; and the newest (seq, row_hash) this process wrote per
+# (engine, clinic, lane).
+_first_tries: dict[uuid.UUID, list[int]] = {}
+_heads: dict[tuple[int, uuid.UUID, int], tuple[int, str]] = {}
+_MAX_HEADS = 50_000
+
+
+def claim_lane(clinic_id: uuid.UUID, lanes: int) -> LaneClaim:
+    """Lock a lane of the clinic's chain in the statement that begins a transaction
+    (PostgreSQL), and leave its number in :data:`LANE_SETTING` for :func:`append_rows`
+    (``claimed=``). Tried first: a random lane that no other open transaction of this
+    process claimed; then the other lanes this process has not claimed (another process may
+    hold some). Nothing waits here: when they are all busy the setting is '' and the append
+    takes a lane itself. When every lane is already claimed in this process, trying them
+    would only take a lane from a unit that has not begun yet: the claim then shares the
+    least claimed lane and its ``sql`` is None (the append waits for that lane's lock).
 
     The text is rendered inline (it travels with ``BEGIN`` in the simple protocol): it holds
     only Python ints and constants."""
     if not isinstance(clinic_id, uuid.UUID) or not 1 <= lanes <= 64:
         raise InvalidInput("claim_lane needs a clinic uuid and 1-64 lanes")
-    return _claim_text(clinic_id, lanes, secrets.randbelow(lanes))
-
-
-@functools.lru_cache(maxsize=8192)
-def _claim_text(clinic_id: uuid.UUID, lanes: int, start: int) -> str:
-    # Cached: eight sha256 lock keys per call cost more than the rest of the prelude.
-    order = [(start + i) % lanes for i in range(lanes)]
-    keys = ",".join(str(clinic_lock_key(clinic_id, lane)) for lane in order)
-    numbers = ",".join(str(lane) for lane in order)
-    return (
+    tried = _first_tries.setdefault(clinic_id, [])
+    start = secrets.randbelow(lanes)
+    order = [lane for i in range(lanes) if (lane := (start + i) % lanes) not in tried]
+    if not order:
+        # Every lane is claimed here: share the least claimed one (waiting for its lock at
+        # append time) rather than take a lane from a unit that has not begun yet.
+        shared = min(range(lanes), key=lambda lane: (tried.count(lane), lane != start))
+        tried.append(shared)
+        return LaneClaim(clinic_id, shared, None)
+    tried.append(order[0])
+    keys = _lane_keys(clinic_id, lanes)
+    key_list = ",".join(str(keys[lane]) for lane in order)
+    lane_list = ",".join(map(str, order))
+    sql = (
         f"set_config('{LANE_SETTING}', COALESCE((SELECT k.lane::text FROM "  # noqa: S608
-        f"unnest('{{{keys}}}'::bigint[], '{{{numbers}}}'::integer[]) AS k(key, lane) "
+        f"unnest('{{{key_list}}}'::bigint[], '{{{lane_list}}}'::integer[]) AS k(key, lane) "
         "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1), ''), true)"
     )
+    return LaneClaim(clinic_id, order[0], sql)
+
+
+def release_lane(claim: LaneClaim) -> None:
+    """The transaction that made ``claim`` has ended (its lock went with it)."""
+    tried = _first_tries.get(claim.clinic_id)
+    if tried is not None:
+        tried.remove(claim.lane)
+        if not tried:
+            del _first_tries[claim.clinic_id]
+
+
+@functools.lru_cache(maxsize=4096)
+def _lane_keys(clinic_id: uuid.UUID, lanes: int) -> tuple[int, ...]:
+    # Cached: a sha256 per lane costs more than the rest of the prelude.
+    return tuple(clinic_lock_key(clinic_id, lane) for lane in range(lanes))
+
+
+def _head_key(conn: AsyncConnection, clinic_id: uuid.UUID, lane: int) -> tuple[int, uuid.UUID, int]:
+    return (id(conn.sync_engine), clinic_id, lane)
+
+
+def _remember(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Note the newest row this transaction appended to each lane. Noted before the commit:
+    if the commit fails, the next append on the hint finds no such row and falls back to
+    reading the head."""
+    if len(_heads) >= _MAX_HEADS:
+        _heads.clear()
+    for row in rows:  # in chain order: the last row of a lane wins
+        _heads[_head_key(conn, row["clinic_id"], row["lane"])] = (row["seq"], row["row_hash"])
+
+
+async def _append_on_hint(conn: AsyncConnection, row: dict[str, Any], claim: LaneClaim) -> bool:
+    """Chain ``row`` onto the remembered head of the claimed lane and insert it, in one
+    statement that inserts nothing unless this transaction holds that lane
+    (:data:`LANE_SETTING`) and the remembered row is still the lane's newest. The statement
+    runs after the lock was taken, so (READ COMMITTED) it sees every earlier holder's rows.
+    True when the row was inserted."""
+    key = _head_key(conn, claim.clinic_id, claim.lane)
+    head = _heads.get(key)
+    if head is None:
+        return False
+    seq, prev = head
+    row["lane"] = claim.lane
+    row["seq"] = seq + 1
+    row["prev_hash"] = prev
+    row["row_hash"] = row_hash(row)
+    params = {**row, "lane_text": str(claim.lane), "prev_seq": seq}
+    inserted = (await conn.execute(_GUARDED_INSERT, params)).rowcount == 1
+    if inserted:
+        _heads[key] = (row["seq"], row["row_hash"])
+    # Else the hint is kept: most misses are another lane taken, not a stale head, and the
+    # fallback re-notes the head of whichever lane it appends to.
+    return inserted
+
+
+def _guarded_insert() -> Any:
+    columns = [c.name for c in _EVENTS.columns]
+    values = [bindparam(name, type_=_EVENTS.c[name].type) for name in columns]
+    other = _EVENTS.alias("newest")
+    same_lane = and_(
+        other.c.clinic_id == bindparam("clinic_id", type_=_EVENTS.c.clinic_id.type),
+        other.c.lane == bindparam("lane", type_=_EVENTS.c.lane.type),
+    )
+    prev_seq = bindparam("prev_seq", type_=_EVENTS.c.seq.type)
+    guard = and_(
+        func.current_setting(LANE_SETTING, True) == bindparam("lane_text", type_=String),
+        ~exists().where(same_lane, other.c.seq > prev_seq),
+        or_(
+            prev_seq == 0,
+            exists().where(
+                same_lane,
+                other.c.seq == prev_seq,
+                other.c.row_hash == bindparam("prev_hash", type_=_EVENTS.c.prev_hash.type),
+            ),
+        ),
+    )
+    return insert(_EVENTS).from_select(columns, select(*values).where(guard))
+
+
+_GUARDED_INSERT = _guarded_insert()
 
 
 async def _chain(
-    conn: AsyncConnection, rows: list[dict[str, Any]], lanes: int, claimed: uuid.UUID | None
+    conn: AsyncConnection, rows: list[dict[str, Any]], lanes: int, claimed: LaneClaim | None
 ) -> None:
     """Give each row its lane, ``seq``, ``prev_hash`` and ``row_hash``, in order."""
     by_clinic: dict[uuid.UUID, list[dict[str, Any]]] = {}
@@ -271,7 +416,7 @@ async def _chain(
     for clinic_id, chain in by_clinic.items():
         last: Any = None
         lane: int | None = None
-        if postgres and clinic_id == claimed:
+        if postgres and claimed is not None and clinic_id == claimed.clinic_id:
             found = (await conn.execute(_CLAIMED_HEAD, {"clinic_id": clinic_id})).one()
             lane = found.lane
             last = found if found.seq is not None else None
@@ -291,6 +436,10 @@ async def _chain(
 _TRY_LANES = text(
     "SELECT k.i FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS k(key, i) "
     "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1"
+)
+_WAIT_AND_NOTE = select(
+    func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)),
+    func.set_config(LANE_SETTING, bindparam("lane", type_=String), True),
 )
 _WAIT_LANE = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
 

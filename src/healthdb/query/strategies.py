@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from healthdb.engine import PreludeConnection, Sessions, begin_with, disarm
@@ -59,36 +59,61 @@ async def unit_of_work(
     audit_lanes: int = 1,
 ) -> Any:
     """Run ``call.operation`` in one transaction and commit; invalidate after commit."""
-    options = call.options
     read_only = _is_read_only(call)
-    factory = sessions.read if read_only else sessions.write
+    prelude = _Prelude()
+    try:
+        return await _run_unit(
+            sessions.read if read_only else sessions.write,
+            call,
+            prelude,
+            read_only=read_only,
+            postgres=postgres,
+            on_commit=on_commit,
+            batch_statement_timeout_ms=batch_statement_timeout_ms,
+            audit_lanes=audit_lanes,
+            sessions=sessions,
+        )
+    finally:
+        prelude.unclaim()  # after the session ended its transaction, and with it the lock
+
+
+async def _run_unit(
+    factory: async_sessionmaker[AsyncSession],
+    call: Call,
+    prelude: _Prelude,
+    *,
+    read_only: bool,
+    postgres: bool,
+    on_commit: OnCommit,
+    batch_statement_timeout_ms: int,
+    audit_lanes: int,
+    sessions: Sessions,
+) -> Any:
+    options = call.options
     async with factory() as session:
-        claimed: uuid.UUID | None = None
-        armed: PreludeConnection | None = None
         if isinstance(options, TransactionOptions):
             if options.lock is LockMode.PESSIMISTIC:
                 session.sync_session.info[PESSIMISTIC] = True
             if options.isolation is not None:
                 isolation = {"isolation_level": options.isolation.value}
                 await session.connection(execution_options=isolation)
-        if postgres:
-            settings = []
-            if isinstance(options, QueryOptions) and options.write_strategy is WriteStrategy.BATCH:
-                settings.append(_local_timeout(batch_statement_timeout_ms))
-            if call.scope is not None:
-                settings.append(_clinic_setting(call.scope.clinic_id))
-                if not read_only and _always_audited(call):
-                    # The unit will write audit rows: take its chain lane with BEGIN too.
-                    settings.append(audit.claim_lane(call.scope.clinic_id, audit_lanes))
-                    claimed = call.scope.clinic_id
-            if settings:
-                armed = await begin_with(session, _select(settings))
         try:
+            if postgres:
+                batch = isinstance(options, QueryOptions) and (
+                    options.write_strategy is WriteStrategy.BATCH
+                )
+                await prelude.arm(
+                    session,
+                    call.scope.clinic_id if call.scope is not None else None,
+                    timeout_ms=batch_statement_timeout_ms if batch else None,
+                    # The unit will write audit rows: take its chain lane with BEGIN too.
+                    lanes=audit_lanes if not read_only and _always_audited(call) else None,
+                )
             async with asyncio.timeout(options.timeout):
                 result = await call.operation(session)
                 records = await _accesses(session, call)
                 if records and not read_only:
-                    await _audit(session, call, records, lanes=audit_lanes, claimed=claimed)
+                    await _audit(session, call, records, lanes=audit_lanes, claimed=prelude.claimed)
                 await session.commit()
                 if records and read_only:
                     await _audit_apart(
@@ -97,7 +122,7 @@ async def unit_of_work(
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
         finally:
-            disarm(armed)
+            prelude.disarm()  # while the connection is still this session's
         tags = session.sync_session.info.get(WRITTEN_TAGS)
         if tags:
             await on_commit(set(tags))
@@ -106,31 +131,61 @@ async def unit_of_work(
         return result
 
 
+class _Prelude:
+    """What a unit sends with its BEGIN (PostgreSQL), and the audit lane it claimed.
+
+    Transaction-local settings (``is_local => true``: gone at COMMIT/ROLLBACK), in one
+    simple-protocol message with BEGIN (:func:`healthdb.engine.begin_with`), hence rendered
+    inline: only from a validated ``uuid.UUID`` (``str()`` gives 36 hex digits and dashes)
+    and Python ints. The database wall: row-level security sees this clinic, for this
+    transaction only; without a scope nothing is set and RLS shows no tenant rows at all.
+    """
+
+    __slots__ = ("armed", "claimed")
+
+    def __init__(self) -> None:
+        self.armed: PreludeConnection | None = None
+        self.claimed: audit.LaneClaim | None = None
+
+    async def arm(
+        self,
+        session: AsyncSession,
+        clinic_id: uuid.UUID | None,
+        *,
+        timeout_ms: int | None = None,
+        lanes: int | None = None,
+    ) -> None:
+        settings = []
+        if timeout_ms is not None:
+            settings.append(f"set_config('statement_timeout', '{int(timeout_ms)}', true)")
+        if clinic_id is not None:
+            if not isinstance(clinic_id, uuid.UUID):
+                raise ClinicContextRequired("the clinic scope holds no valid clinic id")
+            settings.append(f"set_config('{CLINIC_SETTING}', '{clinic_id}', true)")
+            if lanes is not None:
+                # Claimed once the connection is ours (checkout can queue), so the in-process
+                # lane hint spreads only the units that really run at once.
+                await session.connection()
+                self.claimed = audit.claim_lane(clinic_id, lanes)
+                if self.claimed.sql is not None:
+                    settings.append(self.claimed.sql)
+        if settings:
+            self.armed = await begin_with(session, "SELECT " + ", ".join(settings) + ";")
+
+    def disarm(self) -> None:
+        disarm(self.armed)
+        self.armed = None
+
+    def unclaim(self) -> None:
+        if self.claimed is not None:
+            audit.release_lane(self.claimed)
+            self.claimed = None
+
+
 def _always_audited(call: Call) -> bool:
     """Calls that declare PHI, and the break-glass lane, write audit rows (almost) always."""
     options = call.options
     return call.kind is CallKind.CRITICAL or (isinstance(options, QueryOptions) and options.phi)
-
-
-# Transaction-local settings (``is_local => true``: gone at COMMIT/ROLLBACK), sent with the
-# transaction's BEGIN in one simple-protocol message (engine.begin_with), hence rendered
-# inline: only from a validated ``uuid.UUID`` (``str()`` gives 36 hex digits and dashes) and
-# Python ints. The database wall: row-level security sees this clinic, for this transaction
-# only; without a scope nothing is set and RLS shows no tenant rows at all.
-
-
-def _clinic_setting(clinic_id: uuid.UUID) -> str:
-    if not isinstance(clinic_id, uuid.UUID):
-        raise ClinicContextRequired("the clinic scope holds no valid clinic id")
-    return f"set_config('{CLINIC_SETTING}', '{clinic_id}', true)"
-
-
-def _local_timeout(ms: int) -> str:
-    return f"set_config('statement_timeout', '{int(ms)}', true)"
-
-
-def _select(items: list[str]) -> str:
-    return "SELECT " + ", ".join(items) + ";"
 
 
 async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
@@ -154,7 +209,7 @@ async def _audit(
     records: list[Access],
     *,
     lanes: int,
-    claimed: uuid.UUID | None = None,
+    claimed: audit.LaneClaim | None = None,
 ) -> None:
     """Write the audit rows in the unit's own transaction: no row, no commit."""
     if call.scope is None:
@@ -184,18 +239,18 @@ async def _audit_apart(
 ) -> None:
     """A read-only unit's audit rows, in a write transaction right after it. The caller gets
     the result only once they are committed."""
-    async with sessions.write() as session:
-        claimed: uuid.UUID | None = None
-        armed: PreludeConnection | None = None
-        if postgres and call.scope is not None:
-            claimed = call.scope.clinic_id
-            prelude = [_clinic_setting(claimed), audit.claim_lane(claimed, lanes)]
-            armed = await begin_with(session, _select(prelude))
-        try:
-            await _audit(session, call, records, lanes=lanes, claimed=claimed)
-            await session.commit()
-        finally:
-            disarm(armed)
+    prelude = _Prelude()
+    try:
+        async with sessions.write() as session:
+            try:
+                if postgres and call.scope is not None:
+                    await prelude.arm(session, call.scope.clinic_id, lanes=lanes)
+                await _audit(session, call, records, lanes=lanes, claimed=prelude.claimed)
+                await session.commit()
+            finally:
+                prelude.disarm()
+    finally:
+        prelude.unclaim()
 
 
 async def optimistic(
