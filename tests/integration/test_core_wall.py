@@ -302,7 +302,8 @@ async def test_raw_on_tenant_tables(
     yet it reads and writes only the scope's rows."""
     a, b, family = two_clinics
     before = {a: await _family(db, a), b: await _family(db, b)}
-    update_notes = "UPDATE patients SET notes = :notes WHERE family_name = :family"
+    # address: a plain column (raw SQL may not write encrypted ones, see the test below)
+    update_notes = "UPDATE patients SET address = :notes WHERE family_name = :family"
     if backend == "sqlite":
         async with db.clinic(a, role="doctor"):
             with pytest.raises(UnsafeStatement, match="needs the PostgreSQL database wall"):
@@ -332,9 +333,33 @@ async def test_raw_on_tenant_tables(
     assert out == []
 
     async def notes(s: AsyncSession) -> list[str | None]:
-        return list((await s.execute(select(Patient.notes))).scalars())
+        return list((await s.execute(select(Patient.address))).scalars())
 
     async with db.clinic(a, role="doctor"):
         assert await db.execute_read(notes) == ["reviewed"]
     async with db.clinic(b, role="doctor"):
         assert await db.execute_read(notes) == [None]  # clinic B's row was not touched
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE patients SET notes = :v WHERE id = :id",
+        "UPDATE patients SET ssn = :v WHERE id = :id",
+        "UPDATE patients SET ssn_index = :v WHERE id = :id",
+        "UPDATE patients SET phone = :v WHERE notes IS NULL AND id = :id",
+        "INSERT INTO patients (id, notes) VALUES (:id, :v)",
+        "INSERT INTO patients VALUES (:id, :v)",
+    ],
+)
+async def test_raw_writes_never_touch_encrypted_columns(
+    db: DatabaseService, two_clinics: tuple[uuid.UUID, uuid.UUID, str], sql: str
+) -> None:
+    """Raw SQL would store plaintext in an encrypted column (or an index under no key), and
+    the row would then fail to decrypt: refused on both backends, before the wall check."""
+    a, _, _ = two_clinics
+    async with db.clinic(a, role="doctor"):
+        with pytest.raises(UnsafeStatement, match="encrypted column"):
+            await db.execute_raw(
+                sql, {"v": "x", "id": str(uuid.uuid4())}, reason="fix", read_only=False
+            )

@@ -120,6 +120,8 @@ class CheckedSql:
 
     kind: str  # select | insert | update | delete
     tables: frozenset[str]  # lower-cased names of every table the statement references
+    columns: frozenset[str]  # lower-cased names of every column it names (INSERT lists too)
+    whole_rows: bool  # an INSERT without a column list: it writes every column
     parameters: frozenset[str]  # the ``:name`` placeholders it uses
     fingerprint: str  # sha256 of the normalised statement (never of its parameters)
 
@@ -145,12 +147,30 @@ def check(sql: object, *, dialect: str, read_only: bool = True) -> CheckedSql:
         _check_nodes(statement, read_only)
         fingerprint = hashlib.sha256(statement.sql(dialect=read).encode()).hexdigest()
         tables = frozenset(t.name.lower() for t in statement.find_all(exp.Table) if t.name)
+        columns, whole_rows = _columns(statement)
         params = frozenset(str(p.name) for p in statement.find_all(exp.Placeholder))
     except UnsafeStatement:
         raise
     except Exception:  # anything sqlglot throws on hostile input: refuse (fail closed)
         raise _refuse("the statement could not be parsed") from None
-    return CheckedSql(kind=kind, tables=tables, parameters=params, fingerprint=fingerprint)
+    return CheckedSql(
+        kind=kind,
+        tables=tables,
+        columns=columns,
+        whole_rows=whole_rows,
+        parameters=params,
+        fingerprint=fingerprint,
+    )
+
+
+def _columns(statement: exp.Expr) -> tuple[frozenset[str], bool]:
+    names = {c.name.lower() for c in statement.find_all(exp.Column) if c.name}
+    target = statement.this if isinstance(statement, exp.Insert) else None
+    if isinstance(target, exp.Schema):
+        names.update(e.name.lower() for e in target.expressions if e.name)
+    return frozenset(names), isinstance(statement, exp.Insert) and not isinstance(
+        target, exp.Schema
+    )
 
 
 def _parse_one(sql: str, read: str | None) -> exp.Expr:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb.cache import table_tag
 from healthdb.errors import InvalidInput, UnsafeStatement
 from healthdb.internal import isolation, query_cache, sql_guard
-from healthdb.models.base import tenant_tables
+from healthdb.models.base import Base, tenant_tables
+from healthdb.phi.crypto import BLIND_INDEX_OF, EncryptedText
 from healthdb.query.pipeline import Operation
 
 
@@ -40,6 +41,8 @@ def prepare(
     """Refuse what the guard refuses; on SQLite (no database wall) refuse tenant tables."""
     values = _values(params)
     checked = sql_guard.check(sql, dialect=dialect, read_only=read_only)
+    if checked.kind != "select":
+        _refuse_sealed_writes(checked)
     tenant = set(tenant_tables())
     if dialect != "postgresql" and checked.tables & tenant:
         raise UnsafeStatement("raw SQL on tenant tables needs the PostgreSQL database wall")
@@ -56,6 +59,31 @@ def prepare(
         for t in (checked.tables if checked.kind != "select" else ())
     )
     return RawStatement(statement, values, written, checked.fingerprint, checked.kind)
+
+
+def _sealed_columns(tables: frozenset[str]) -> frozenset[str]:
+    """Encrypted columns and blind indexes of ``tables``: only the ORM column types can
+    write them (raw SQL would store plaintext, or an index that finds nothing)."""
+    found: set[str] = set()
+    for mapper in Base.registry.mappers:
+        table = mapper.local_table
+        if str(getattr(table, "name", "")).lower() not in tables:
+            continue
+        for column in table.columns:
+            if isinstance(column.type, EncryptedText) or BLIND_INDEX_OF in column.info:
+                found.add(column.name.lower())
+    return frozenset(found)
+
+
+def _refuse_sealed_writes(checked: sql_guard.CheckedSql) -> None:
+    sealed = _sealed_columns(checked.tables)
+    hit = sorted(checked.columns & sealed)
+    if hit or (sealed and checked.whole_rows):
+        name = hit[0] if hit else "every column (no column list)"
+        raise UnsafeStatement(
+            f"raw SQL refused: a write naming encrypted column {name!r} could store "
+            "plaintext; write encrypted columns through the ORM"
+        )
 
 
 def operation(raw: RawStatement) -> Operation[list[dict[str, object]]]:
