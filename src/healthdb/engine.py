@@ -9,6 +9,7 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -163,12 +164,13 @@ class PreludeConnection(asyncpg.Connection):  # type: ignore[misc]  # untyped as
             raise
 
 
-async def begin_with(session: AsyncSession, prelude: str) -> PreludeConnection | None:
+def begin_with(conn: AsyncConnection, prelude: str) -> PreludeConnection | None:
     """Send ``prelude`` (semicolon-terminated SQL text, see :class:`PreludeConnection`) with
-    the session's next ``BEGIN``; call it before the transaction's first statement. Returns
-    the armed connection: hand it to :func:`disarm` when the unit ends."""
-    raw = await (await session.connection()).get_raw_connection()
-    driver = raw.driver_connection
+    the next ``BEGIN`` on ``conn`` (checked out: ``await session.connection()``); call it
+    before the transaction's first statement. Returns the armed driver connection: hand it
+    to :func:`disarm` when the unit ends, while ``conn`` is still checked out."""
+    # No I/O: the pooled connection is checked out, so this is attribute access only.
+    driver = conn.sync_connection.connection.driver_connection if conn.sync_connection else None
     if not isinstance(driver, PreludeConnection):
         return None
     driver._prelude = prelude

@@ -76,7 +76,7 @@ async def test_a_failing_prelude_leaves_the_connection_clean(make_db: MakeDb) ->
     db = await make_db(pool_size=1, max_overflow=0)
     maker = db._sessions.write
     async with maker() as session:
-        armed = await begin_with(session, "SELECT 1 / 0;")
+        armed = begin_with(await session.connection(), "SELECT 1 / 0;")
         try:
             with pytest.raises(DBAPIError):
                 await session.execute(text("SELECT 1"))

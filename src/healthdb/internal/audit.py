@@ -38,6 +38,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import random
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -305,7 +306,8 @@ def claim_lane(clinic_id: uuid.UUID, lanes: int) -> LaneClaim:
     if not isinstance(clinic_id, uuid.UUID) or not 1 <= lanes <= 64:
         raise InvalidInput("claim_lane needs a clinic uuid and 1-64 lanes")
     tried = _first_tries.setdefault(clinic_id, [])
-    start = secrets.randbelow(lanes)
+    # Spreading only, nothing to guess: the cheap PRNG (secrets reads the OS on every call).
+    start = random.randrange(lanes)
     order = [lane for i in range(lanes) if (lane := (start + i) % lanes) not in tried]
     if not order:
         # Every lane is claimed here: share the least claimed one (waiting for its lock at

@@ -162,15 +162,16 @@ class _Prelude:
             if not isinstance(clinic_id, uuid.UUID):
                 raise ClinicContextRequired("the clinic scope holds no valid clinic id")
             settings.append(f"set_config('{CLINIC_SETTING}', '{clinic_id}', true)")
-            if lanes is not None:
-                # Claimed once the connection is ours (checkout can queue), so the in-process
-                # lane hint spreads only the units that really run at once.
-                await session.connection()
-                self.claimed = audit.claim_lane(clinic_id, lanes)
-                if self.claimed.sql is not None:
-                    settings.append(self.claimed.sql)
-        if settings:
-            self.armed = await begin_with(session, "SELECT " + ", ".join(settings) + ";")
+        if not settings:
+            return
+        conn = await session.connection()  # the checkout (it can queue)
+        if clinic_id is not None and lanes is not None:
+            # Claimed once the connection is ours, so the in-process lane hint spreads only
+            # the units that really run at once.
+            self.claimed = audit.claim_lane(clinic_id, lanes)
+            if self.claimed.sql is not None:
+                settings.append(self.claimed.sql)
+        self.armed = begin_with(conn, "SELECT " + ", ".join(settings) + ";")
 
     def disarm(self) -> None:
         disarm(self.armed)
