@@ -103,8 +103,15 @@ def _scope_implicit_froms(statement: Select[Any], clinic_id: uuid.UUID) -> Selec
             name = str(table.name).lower()
             if name in names and name not in seen:
                 seen.add(name)
-                statement = statement.where(table.c.clinic_id == clinic_id)
+                statement = statement.where(_clinic_filter(table, clinic_id))
     return statement
+
+
+@functools.lru_cache(maxsize=4096)
+def _clinic_filter(table: Table, clinic_id: uuid.UUID) -> Any:
+    """``table.clinic_id == clinic_id``, built once per table and clinic (expressions are
+    immutable; building it again on every statement cost a tenth of a primary-key read)."""
+    return table.c.clinic_id == clinic_id
 
 
 def _plain_tables(froms: Any) -> list[Table]:
@@ -145,8 +152,12 @@ def _tenant_names(_mapper_count: int) -> frozenset[str]:
 
 
 def _tenant_name_set() -> frozenset[str]:
-    # Keyed by the number of mapped classes, so models mapped later are picked up.
-    return _tenant_names(len(Base.registry.mappers))
+    # Keyed by the number of mapped classes, so models mapped later are picked up. The
+    # registry's manager map has one entry per mapper and a cheap len(); ``registry.mappers``
+    # builds a frozenset of every mapper on each call (twice per statement here).
+    managers = getattr(Base.registry, "_managers", None)
+    count = len(managers) if managers is not None else len(Base.registry.mappers)
+    return _tenant_names(count)
 
 
 @functools.lru_cache(maxsize=2048)
