@@ -19,7 +19,9 @@ Every figure is measured in this run, on a throwaway database that is dropped at
 After each timed run, a short sequential pass counts round trips per read: SQLAlchemy cursor
 executes (``before_cursor_execute``) plus the driver calls SQLAlchemy does not report as
 cursor executes (BEGIN, COMMIT, ROLLBACK, the pool pre-ping, asyncpg's pool reset), seen
-through asyncpg query loggers on every pooled connection.
+through asyncpg query loggers on every pooled connection. ``BEGIN ...; set_config`` is one
+message and one round trip: the facade sends its transaction-local settings (and, for units
+that always audit, the audit lane lock) with BEGIN.
 """
 
 from __future__ import annotations
@@ -587,11 +589,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--count-reads", type=int, default=200, help="reads per round-trip count")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="superuser URL to create DBs")
-    parser.add_argument("--paths", default=ALL_PATHS, help="subset of 'abcde' to run")
+    parser.add_argument("--paths", default=ALL_PATHS, help="subset of 'abcdefg' to run")
     parser.add_argument("--output", default="read_path.json", help="file name in bench/results")
     args = parser.parse_args(argv)
     if not set(args.paths) <= set(ALL_PATHS):
-        parser.error("--paths takes letters from 'abcde'")
+        parser.error("--paths takes letters from 'abcdefg'")
     return args
 
 
