@@ -12,10 +12,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from healthdb import DatabaseService
 from healthdb_api.app import create_app
+from healthdb_api.auth.throttle_redis import KEY_PREFIX as LOGIN_KEYS
 from healthdb_api.settings import ApiSettings
+from tests.conftest import REDIS_URL
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -102,3 +105,16 @@ async def staff(
     assert created.status_code == 201, created.text
     tokens = await login(client, email, PASSWORD)
     return created.json(), {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def forget_login_attempts() -> None:
+    """Clear the shared login throttle's windows in the test Redis: in production every
+    instance shares them for 15 minutes, so one test's deliberate failures from 127.0.0.1
+    would otherwise lock the next test's logins out."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{LOGIN_KEYS}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

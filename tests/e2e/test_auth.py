@@ -25,7 +25,7 @@ from healthdb_api.auth.throttle import MemoryLoginThrottle
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.settings import ApiSettings
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import PASSWORD, Account, login, register
+from tests.e2e.conftest import PASSWORD, Account, forget_login_attempts, login, register
 
 AUTH = "/api/v1/auth"
 
@@ -538,6 +538,7 @@ async def test_with_redis_every_instance_enforces_one_login_limit(
     """Two service instances on one Redis: failures on either count for both, so a second
     instance is not a fresh budget of guesses."""
     settings = api_settings.model_copy(update={"redis_url": SecretStr(REDIS_URL)})
+    await forget_login_attempts()
     first, second = create_app(settings), create_app(settings)
     async with AsyncExitStack() as stack:
         clients = []

@@ -23,14 +23,16 @@ from healthdb.models import Clinic
 from healthdb_api.app import create_app
 from healthdb_api.settings import ApiSettings
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import PASSWORD, Account, login, register
+from tests.e2e.conftest import PASSWORD, Account, forget_login_attempts, login, register
 
 PATIENTS = "/api/v1/patients"
 
 
 @pytest.fixture(params=["local", "redis"])
-def app(api_settings: ApiSettings, request: pytest.FixtureRequest) -> FastAPI:
+async def app(api_settings: ApiSettings, request: pytest.FixtureRequest) -> FastAPI:
     redis_url = SecretStr(REDIS_URL) if request.param == "redis" else None
+    if redis_url is not None:
+        await forget_login_attempts()
     small = {"rate_limit_per_minute": 5, "rate_limit_burst": 2, "redis_url": redis_url}
     return create_app(api_settings.model_copy(update=small))
 
