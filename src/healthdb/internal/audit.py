@@ -330,7 +330,7 @@ def claim_lane(clinic_id: uuid.UUID, lanes: int) -> LaneClaim:
 def release_lane(claim: LaneClaim) -> None:
     """The transaction that made ``claim`` has ended (its lock went with it)."""
     tried = _first_tries.get(claim.clinic_id)
-    if tried is not None:
+    if tried is not None and claim.lane in tried:  # a hint: never fail a unit over it
         tried.remove(claim.lane)
         if not tried:
             del _first_tries[claim.clinic_id]
