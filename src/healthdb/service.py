@@ -27,7 +27,7 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
 )
 from healthdb.health import HealthReport, PoolStatus
-from healthdb.internal import isolation, phi_access, query_cache, rls
+from healthdb.internal import connection_wall, isolation, phi_access, query_cache, rls
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
@@ -78,6 +78,8 @@ class DatabaseService:
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
         phi_access.install(isolation.TenantSession)
+        for engine in (engines.primary, engines.critical):
+            connection_wall.install(engine.sync_engine)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
         self._critical_sessions = Sessions.for_engine(
             engines.critical, session_class=isolation.TenantSession

@@ -20,10 +20,8 @@ CLINIC = text("SELECT current_setting('app.clinic_id', true)")
 LANE = text(f"SELECT current_setting('{LANE_SETTING}', true)")
 
 
-@pytest.fixture
-def pg_only(backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("the BEGIN prelude is PostgreSQL only")
+# PostgreSQL only (SQLite has no prelude): run there, rather than skip on SQLite.
+pytestmark = pytest.mark.parametrize("migrated_url", ["postgres"], indirect=True)
 
 
 async def _setting(session: AsyncSession, stmt: object = CLINIC) -> str | None:
@@ -31,7 +29,6 @@ async def _setting(session: AsyncSession, stmt: object = CLINIC) -> str | None:
     return value
 
 
-@pytest.mark.usefixtures("pg_only")
 async def test_the_clinic_is_set_for_the_units_transaction_only(
     make_db: MakeDb, make_clinic: MakeClinic
 ) -> None:
@@ -44,7 +41,6 @@ async def test_the_clinic_is_set_for_the_units_transaction_only(
     assert await db.execute_read(_setting) in (None, "")
 
 
-@pytest.mark.usefixtures("pg_only")
 async def test_a_phi_unit_claims_an_audit_lane_with_begin(
     make_db: MakeDb, make_clinic: MakeClinic
 ) -> None:
@@ -56,7 +52,6 @@ async def test_a_phi_unit_claims_an_audit_lane_with_begin(
         assert await db.execute_read(lambda s: _setting(s, LANE)) in (None, "")
 
 
-@pytest.mark.usefixtures("pg_only")
 async def test_an_unused_prelude_never_reaches_another_unit(
     make_db: MakeDb, make_clinic: MakeClinic
 ) -> None:
@@ -71,7 +66,6 @@ async def test_an_unused_prelude_never_reaches_another_unit(
     assert await db.execute_read(_setting) in (None, "")
 
 
-@pytest.mark.usefixtures("pg_only")
 async def test_a_failing_prelude_leaves_the_connection_clean(make_db: MakeDb) -> None:
     db = await make_db(pool_size=1, max_overflow=0)
     maker = db._sessions.write
@@ -91,7 +85,6 @@ async def test_a_failing_prelude_leaves_the_connection_clean(make_db: MakeDb) ->
         assert not driver.is_in_transaction()
 
 
-@pytest.mark.usefixtures("pg_only")
 async def test_appends_on_a_remembered_head_are_checked_by_the_database(
     make_db: MakeDb, make_clinic: MakeClinic, make_patient: MakePatient
 ) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.testing import capture_logs
 
 from healthdb import BatchResult, ClinicContextRequired, InvalidInput, UnsafeStatement
+from healthdb.internal import connection_wall
 from healthdb.models import Appointment, Clinic, Patient
 from healthdb.service import DatabaseService
 from tests.integration.conftest import MakeClinic, MakePatient, patient_fields
@@ -363,3 +364,77 @@ async def test_raw_writes_never_touch_encrypted_columns(
             await db.execute_raw(
                 sql, {"v": "x", "id": str(uuid.uuid4())}, reason="fix", read_only=False
             )
+
+
+# -- C: statements on the session's connection (below the ORM wall) ----------------------------
+
+
+ON_CONNECTION: dict[str, Op] = {
+    "core select": lambda s: _run(s, lambda c: c.execute(select(PT.c.clinic_id))),
+    "orm select": lambda s: _run(s, lambda c: c.execute(select(Patient.clinic_id))),
+    "text": lambda s: _run(s, lambda c: c.execute(text("SELECT clinic_id FROM patients"))),
+    "driver sql": lambda s: _run(s, lambda c: c.exec_driver_sql("SELECT clinic_id FROM patients")),
+    "core update": lambda s: _run(s, lambda c: c.execute(update(PT).values(notes=None))),
+    "orm delete": lambda s: _run(s, lambda c: c.execute(delete(Patient))),
+    "core insert": lambda s: _run(
+        s, lambda c: c.execute(insert(PT).values(id=uuid.uuid4(), clinic_id=uuid.uuid4()))
+    ),
+}
+
+
+async def _run(session: AsyncSession, statement: Callable[[Any], Awaitable[Any]]) -> Any:
+    result = await statement(await session.connection())
+    return list(result.scalars()) if result.returns_rows else result.rowcount
+
+
+@pytest.mark.parametrize("name", sorted(ON_CONNECTION))
+async def test_tenant_sql_on_the_sessions_connection_is_refused(
+    db: DatabaseService, two_clinics: tuple[uuid.UUID, uuid.UUID, str], name: str
+) -> None:
+    """``await session.connection()`` skips the ORM wall; the connection wall refuses any
+    statement on it that names a tenant table, on both backends (on SQLite nothing else
+    would stop it reading or writing every clinic's rows)."""
+    a, b, _ = two_clinics
+    before = {a: await _family(db, a), b: await _family(db, b)}
+    async with db.clinic(a, role="doctor"):
+        with pytest.raises(UnsafeStatement, match="bypasses the clinic wall"):
+            await db.execute_write(ON_CONNECTION[name])
+    assert {a: await _family(db, a), b: await _family(db, b)} == before
+
+
+async def test_the_connection_wall_lets_the_librarys_own_statements_through(
+    db: DatabaseService, two_clinics: tuple[uuid.UUID, uuid.UUID, str]
+) -> None:
+    """Non-tenant SQL on the connection runs; ORM reads, flushes and audited PHI reads,
+    whose statements reach the same connection, are unaffected."""
+    a, _, family = two_clinics
+
+    async def mixed(session: AsyncSession) -> tuple[Any, ...]:
+        conn = await session.connection()
+        one = (await conn.execute(text("SELECT 1"))).scalar_one()
+        clinics = (await conn.execute(select(func.count()).select_from(Clinic))).scalar_one()
+        found = await session.execute(select(Patient).where(Patient.family_name == family))
+        patient = found.scalar_one()
+        patient.notes = "seen"
+        await session.flush()
+        return one, clinics >= 2, patient.clinic_id
+
+    async with db.clinic(a, role="doctor"):
+        assert await db.execute_write(mixed) == (1, True, a)
+
+
+async def test_without_the_connection_wall_sqlite_leaks(
+    db: DatabaseService, two_clinics: tuple[uuid.UUID, uuid.UUID, str], backend: str
+) -> None:
+    """The mutation: take the connection wall away and the same Core read sees clinic B
+    on SQLite (no database wall); PostgreSQL's row-level security still hides it."""
+    a, b, _ = two_clinics
+    engine = db.engines.primary.sync_engine
+    connection_wall.remove(engine)
+    try:
+        async with db.clinic(a, role="doctor"):
+            seen = set(await db.execute_read(ON_CONNECTION["core select"]))
+    finally:
+        connection_wall.install(engine)
+    assert (b in seen) == (backend == "sqlite")
+    assert a in seen

@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 
 from healthdb import migrate
 from healthdb.errors import ClinicContextRequired, InvalidInput, UnsafeDatabaseRole
+from healthdb.internal import connection_wall
 from healthdb.internal.rls import POLICY_EXPRESSION
 from healthdb.models import Patient
 from healthdb.models.base import tenant_tables
@@ -185,11 +186,13 @@ async def test_with_check_refuses_writing_into_another_clinic(
 async def test_facade_text_sql_is_walled_by_the_database(
     pg_migrated_url: str, planted: tuple[uuid.UUID, uuid.UUID]
 ) -> None:
-    """SQL on the session's connection bypasses the ORM wall; the database wall still
+    """SQL on the session's connection bypasses the ORM wall; with the connection wall
+    taken away too (it refuses such SQL, see test_core_wall), the database wall alone still
     scopes it."""
     a, b = planted
     settings = Settings(database_url=pg_migrated_url, **DEFAULTS)
     async with DatabaseService.connect(settings) as db:
+        connection_wall.remove(db.engines.primary.sync_engine)
 
         async def count(session: AsyncSession) -> int:
             conn = await session.connection()
@@ -501,6 +504,9 @@ async def test_pool_hygiene_after_a_thousand_alternating_calls(
     outcomes = {"ok": 0, "raised": 0, "cancelled": 0}
 
     async with DatabaseService.connect(settings) as db:
+        # The ops below count rows with raw SQL on the connection, which the connection wall
+        # would refuse: taken away, so that row-level security alone scopes each count.
+        connection_wall.remove(db.engines.primary.sync_engine)
 
         async def one(i: int) -> None:
             clinic = (a, b)[i % 2]

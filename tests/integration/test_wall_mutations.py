@@ -22,7 +22,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import DatabaseService, Settings, UnsafeDatabaseRole
-from healthdb.internal import isolation
+from healthdb.internal import connection_wall, isolation
 from healthdb.migrate import upgrade
 from healthdb.models import Clinic, Patient
 from tests.conftest import _drop_database, _drop_role, _dsn, new_pg_database, provision
@@ -43,13 +43,19 @@ def private_pg() -> Iterator[tuple[str, str]]:
 
 
 @asynccontextmanager
-async def orm_wall_off() -> AsyncIterator[None]:
-    """Remove the ORM wall's statement hook for the duration (the mutation)."""
+async def orm_wall_off(db: DatabaseService) -> AsyncIterator[None]:
+    """Remove the application's walls for the duration (the mutation): the ORM wall's
+    statement hook, and the connection wall that would refuse what it no longer scopes."""
+    engines = [db.engines.primary.sync_engine, db.engines.critical.sync_engine]
     event.remove(isolation.TenantSession, "do_orm_execute", isolation._scope_statement)
+    for engine in engines:
+        connection_wall.remove(engine)
     try:
         yield
     finally:
         isolation.install(isolation.TenantSession)
+        for engine in engines:
+            connection_wall.install(engine)
 
 
 async def _owner_sql(owner_url: str, sql: str) -> None:
@@ -133,7 +139,7 @@ async def test_with_the_orm_wall_off_the_database_wall_alone_blocks_every_attemp
         patients = await _seed(db)
         (a, _pa), (_b, pb) = patients.items()
         assert await leaks(db, a, pb) == []  # both walls up
-        async with orm_wall_off():
+        async with orm_wall_off(db):
             assert await leaks(db, a, pb) == []  # the database wall alone
 
 
@@ -145,7 +151,7 @@ async def test_the_orm_wall_mutation_is_real_sqlite_leaks_without_it(
         patients = await _seed(db)
         (a, _pa), (_b, pb) = patients.items()
         assert await leaks(db, a, pb) == []
-        async with orm_wall_off():
+        async with orm_wall_off(db):
             assert set(await leaks(db, a, pb)) == {"get", "select", "count", "update"}
 
 
@@ -167,7 +173,7 @@ async def test_a_permissive_policy_breaks_the_database_wall_checks(
             await DatabaseService.connect(_settings(runtime))
         # ...and with that check waived, the database-wall attacks detect the leak.
         unchecked = _settings(runtime, enforce_safe_role=False)
-        async with DatabaseService.connect(unchecked) as db, orm_wall_off():
+        async with DatabaseService.connect(unchecked) as db, orm_wall_off(db):
             assert set(await leaks(db, a, pb)) == {"get", "select", "count", "update"}
     finally:
         await _owner_sql(

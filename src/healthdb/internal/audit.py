@@ -62,6 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired, InvalidInput
+from healthdb.execution_options import TRUSTED
 from healthdb.models import AuditEvent
 from healthdb.models.base import new_id, utcnow
 
@@ -240,7 +241,9 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 _EVENTS = cast(Table, AuditEvent.__table__)
-_INSERT = insert(_EVENTS)
+# The chain's statements run on the session's connection with the clinic written out (and
+# row-level security checking it on PostgreSQL): TRUSTED tells the connection wall so.
+_INSERT = insert(_EVENTS).execution_options(**TRUSTED)
 #: The head of one lane: built once, so every append reuses SQLAlchemy's compiled form.
 _HEAD = (
     select(_EVENTS.c.seq, _EVENTS.c.row_hash)
@@ -251,6 +254,7 @@ _HEAD = (
     )
     .order_by(_EVENTS.c.seq.desc())
     .limit(1)
+    .execution_options(**TRUSTED)
 )
 
 #: The transaction-local setting in which :func:`claim_lane` leaves the lane it locked
@@ -266,7 +270,7 @@ _CLAIMED_HEAD = text(
     "LEFT JOIN LATERAL (SELECT a.seq, a.row_hash FROM audit_events a "
     "WHERE a.clinic_id = :clinic_id AND a.lane = s.lane AND a.seq IS NOT NULL "
     "ORDER BY a.seq DESC LIMIT 1) h ON true"
-)
+).execution_options(**TRUSTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +408,7 @@ def _guarded_insert() -> Any:
     return insert(_EVENTS).from_select(columns, select(*values).where(guard))
 
 
-_GUARDED_INSERT = _guarded_insert()
+_GUARDED_INSERT = _guarded_insert().execution_options(**TRUSTED)
 
 
 async def _chain(

@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, cast
 
 import sqlglot
@@ -30,6 +28,7 @@ from sqlglot import exp
 
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired, UnsafeStatement
+from healthdb.execution_options import WALLED_OPTION, is_trusted
 from healthdb.models.base import Base, Tenant, is_tenant, tenant_tables
 
 PESSIMISTIC = "healthdb_pessimistic"
@@ -66,6 +65,8 @@ def _clinic_criteria(clinic_id: uuid.UUID) -> LoaderCriteriaOption:
 
 
 def _scope_statement(state: ORMExecuteState) -> None:
+    # Whatever passes this wall is scoped (or refused): the connection wall lets it through.
+    state.update_execution_options(**{WALLED_OPTION: True})
     if state.is_column_load:
         # A deferred column of a row this session already loaded under the criteria.
         return
@@ -96,7 +97,7 @@ def _scope_implicit_froms(statement: Select[Any], clinic_id: uuid.UUID) -> Selec
     func.lower(Patient.mrn) == x)``): filter every plain tenant table that the WHERE clause
     brings into the outer FROM list explicitly. A duplicate of a predicate the criteria
     already added is harmless; subqueries are scoped by the criteria on their own."""
-    names = _tenant_name_set()
+    names = tenant_name_set()
     seen: set[str] = set()
     for criterion in statement._where_criteria:
         for table in _plain_tables(criterion._from_objects):
@@ -129,15 +130,8 @@ def _plain_tables(froms: Any) -> list[Table]:
 # with_loader_criteria only sees ORM entities. A Core statement on a tenant ``Table``
 # (``select(Patient.__table__)``, ``Patient.__table__.update()``) or a ``text()`` naming a tenant
 # table would reach the database unscoped, so the wall refuses them. The library's own Core
-# statements (bulk-insert staging, execute_raw after the SQL guard) carry the private
-# execution option below; it is not part of the public API and must not be set by callers.
-
-_TRUSTED_OPTION = "healthdb_trusted"
-
-#: ``session.execute(stmt, execution_options=TRUSTED)``: for the library's own statements only.
-#: It exempts the statement from the Core/text() check, never from the ORM criteria or from
-#: row-level security.
-TRUSTED: Mapping[str, Any] = MappingProxyType({_TRUSTED_OPTION: True})
+# statements (bulk-insert staging, execute_raw after the SQL guard, the audit chain) carry
+# the private TRUSTED option (healthdb.execution_options); callers must not set it.
 
 _SQLGLOT_DIALECTS = {"postgresql": "postgres", "sqlite": "sqlite"}
 _UNWALLED_HINT = (
@@ -151,7 +145,8 @@ def _tenant_names(_mapper_count: int) -> frozenset[str]:
     return frozenset(name.lower() for name in tenant_tables())
 
 
-def _tenant_name_set() -> frozenset[str]:
+def tenant_name_set() -> frozenset[str]:
+    """Lower-cased names of the tenant tables."""
     # Keyed by the number of mapped classes, so models mapped later are picked up. The
     # registry's manager map has one entry per mapper and a cheap len(); ``registry.mappers``
     # builds a frozenset of every mapper on each call (twice per statement here).
@@ -161,7 +156,7 @@ def _tenant_name_set() -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=2048)
-def _text_problem(sql: str, dialect: str | None, names: frozenset[str], whole: bool) -> str | None:
+def text_problem(sql: str, dialect: str | None, names: frozenset[str], whole: bool) -> str | None:
     """Why raw SQL text must not run outside the wall, or None.
 
     Every word is checked, not only parsed table references, so a tenant table named in a
@@ -187,7 +182,7 @@ def _text_problem(sql: str, dialect: str | None, names: frozenset[str], whole: b
     return None
 
 
-def _unwalled_problem(statement: Any, names: frozenset[str], dialect: str | None) -> str | None:
+def unwalled_problem(statement: Any, names: frozenset[str], dialect: str | None) -> str | None:
     """Find a tenant table the ORM criteria will not cover: a Core ``Table``/``TableClause``
     or column without ORM annotations, or raw SQL text naming one."""
     if isinstance(statement, LambdaElement):
@@ -214,13 +209,13 @@ def _unwalled_problem(statement: Any, names: frozenset[str], dialect: str | None
                 return f"Core statement on tenant table {str(element.name)!r}"
             continue  # a table's children are its own columns
         if isinstance(element, TextClause):
-            problem = _text_problem(element.text, dialect, names, element is whole)
+            problem = text_problem(element.text, dialect, names, element is whole)
             if problem:
                 return problem
             continue
         if isinstance(element, ColumnClause):
             if element.is_literal:
-                problem = _text_problem(str(element.name), dialect, names, False)
+                problem = text_problem(str(element.name), dialect, names, False)
                 if problem:
                     return problem
             if element.table is not None:
@@ -232,14 +227,19 @@ def _unwalled_problem(statement: Any, names: frozenset[str], dialect: str | None
     return None
 
 
+def sqlglot_dialect(name: str) -> str | None:
+    """sqlglot's name for a SQLAlchemy dialect (None: sqlglot's generic dialect)."""
+    return _SQLGLOT_DIALECTS.get(name)
+
+
 def _refuse_unwalled(state: ORMExecuteState) -> None:
-    if state.execution_options.get(_TRUSTED_OPTION):
+    if is_trusted(state.execution_options):
         return
     try:
-        dialect = _SQLGLOT_DIALECTS.get(state.session.get_bind().dialect.name)
+        dialect = sqlglot_dialect(state.session.get_bind().dialect.name)
     except Exception:  # an unbound session: parse with sqlglot's generic dialect
         dialect = None
-    problem = _unwalled_problem(state.statement, _tenant_name_set(), dialect)
+    problem = unwalled_problem(state.statement, tenant_name_set(), dialect)
     if problem:
         raise UnsafeStatement(problem + _UNWALLED_HINT)
 

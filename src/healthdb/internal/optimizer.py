@@ -18,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from healthdb.execution_options import TRUSTED
+
 current_operation: ContextVar[str] = ContextVar("healthdb_operation", default="-")
 
 _START = "healthdb_stmt_start"
@@ -94,7 +96,9 @@ class SlowQueryLog:
         # A savepoint keeps a failed EXPLAIN from aborting the caller's transaction.
         conn.exec_driver_sql("SAVEPOINT healthdb_explain")
         try:
-            rows = conn.exec_driver_sql("EXPLAIN " + statement, parameters).fetchall()
+            # TRUSTED: the statement explained has just run, past both walls.
+            explain = "EXPLAIN " + statement
+            rows = conn.exec_driver_sql(explain, parameters, TRUSTED).fetchall()
             conn.exec_driver_sql("RELEASE SAVEPOINT healthdb_explain")
             return mask_literals("\n".join(str(row[0]) for row in rows))[: _MAX_SQL * 4]
         except Exception:  # a plan is best-effort diagnostics; never fail the caller for it

@@ -18,8 +18,8 @@ from sqlalchemy.orm import DeclarativeBase
 
 from healthdb.cache import table_tag
 from healthdb.errors import HealthdbError, InvalidInput
+from healthdb.execution_options import TRUSTED
 from healthdb.internal import phi_access
-from healthdb.internal.isolation import TRUSTED
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import written_tags
 from healthdb.phi.crypto import EncryptedText, current_keyring, fill_blind_indexes

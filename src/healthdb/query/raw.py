@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.cache import table_tag
 from healthdb.errors import InvalidInput, UnsafeStatement
-from healthdb.internal import isolation, query_cache, sql_guard
+from healthdb.execution_options import TRUSTED
+from healthdb.internal import query_cache, sql_guard
 from healthdb.models.base import Base, tenant_tables
 from healthdb.phi.crypto import BLIND_INDEX_OF, EncryptedText
 from healthdb.query.pipeline import Operation
@@ -92,9 +93,7 @@ def operation(raw: RawStatement) -> Operation[list[dict[str, object]]]:
     async def op(session: AsyncSession) -> list[dict[str, object]]:
         if raw.written:
             query_cache.written_tags(session.sync_session).update(raw.written)
-        result = await session.execute(
-            raw.statement, raw.values, execution_options=isolation.TRUSTED
-        )
+        result = await session.execute(raw.statement, raw.values, execution_options=TRUSTED)
         if not isinstance(result, CursorResult) or not result.returns_rows:
             return []
         return [dict(row) for row in result.mappings()]
