@@ -373,6 +373,9 @@ ON_CONNECTION: dict[str, Op] = {
     "core select": lambda s: _run(s, lambda c: c.execute(select(PT.c.clinic_id))),
     "orm select": lambda s: _run(s, lambda c: c.execute(select(Patient.clinic_id))),
     "text": lambda s: _run(s, lambda c: c.execute(text("SELECT clinic_id FROM patients"))),
+    "orm select beside text": lambda s: _run(
+        s, lambda c: c.execute(select(Patient.clinic_id).where(text("1 = 1")))
+    ),
     "driver sql": lambda s: _run(s, lambda c: c.exec_driver_sql("SELECT clinic_id FROM patients")),
     "core update": lambda s: _run(s, lambda c: c.execute(update(PT).values(notes=None))),
     "orm delete": lambda s: _run(s, lambda c: c.execute(delete(Patient))),

@@ -10,12 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import DatabaseService, QueryOptions, migrate
-from healthdb.engine import create_engine
 from healthdb.models import Patient
 from healthdb.phi.keys import keyring_for
 from healthdb.settings import Settings
 from tests.integration.conftest import MakeClinic
-from tests.integration.test_ssn_migration import CLINICS, PATIENTS, empty_url, patient
+from tests.integration.test_ssn_migration import empty_url, patient, upgrade_seeded
 
 __all__ = ["empty_url"]  # the fixture, re-exported for pytest
 
@@ -39,24 +38,13 @@ async def test_upgrade_encrypts_every_plaintext_note(empty_url: str) -> None:
         row["id"] = pid
         row["mrn"] = pid.hex[:12]
         rows.append(row)
-    settings = Settings(database_url=empty_url)
-    engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                sa.insert(CLINICS), [{"id": c, "name": "c", "active": True} for c in clinics]
-            )
-            await conn.execute(sa.insert(PATIENTS), rows)
-            for pid, (_, note) in notes.items():
-                await conn.execute(sa.update(NOTES).where(NOTES.c.id == pid).values(notes=note))
-
-        await migrate.upgrade(empty_url)
-
-        async with engine.connect() as conn:
-            result = await conn.execute(sa.text("SELECT id, notes FROM patients"))
-            stored = {uuid.UUID(str(r[0])): r[1] for r in result.all()}
-    finally:
-        await engine.dispose()
+    set_notes = [
+        sa.update(NOTES).where(NOTES.c.id == pid).values(notes=note)
+        for pid, (_, note) in notes.items()
+    ]
+    read = "SELECT id, notes FROM patients"
+    seeded = await upgrade_seeded(empty_url, clinics, rows, read, *set_notes)
+    stored = {pid: note for pid, (note,) in seeded.items()}
 
     keyring = keyring_for(Settings())  # the suite's environment keys: t1 active
     assert set(stored) == set(notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -48,6 +49,35 @@ def patient(clinic_id: uuid.UUID, ssn: str | None) -> dict[str, object]:
     }
 
 
+async def upgrade_seeded(
+    url: str,
+    clinics: list[uuid.UUID],
+    rows: list[dict[str, object]],
+    read: str,
+    *then: sa.Executable,
+) -> dict[uuid.UUID, tuple[Any, ...]]:
+    """Insert ``clinics`` and ``rows`` (then run ``then``) at the database's current
+    revision, upgrade it to head, and return ``read``'s rows as ``{id: the other columns}``."""
+    settings = Settings(database_url=url)
+    engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.insert(CLINICS), [{"id": c, "name": "c", "active": True} for c in clinics]
+            )
+            await conn.execute(sa.insert(PATIENTS), rows)
+            for statement in then:
+                await conn.execute(statement)
+
+        await migrate.upgrade(url)
+
+        async with engine.connect() as conn:
+            result = await conn.execute(sa.text(read))
+            return {uuid.UUID(str(r[0])): tuple(r[1:]) for r in result.all()}
+    finally:
+        await engine.dispose()
+
+
 async def test_upgrade_encrypts_plaintext_ssns(empty_url: str) -> None:
     await migrate.upgrade(empty_url, "0003")
     clinics = [uuid.uuid4(), uuid.uuid4()]
@@ -56,24 +86,9 @@ async def test_upgrade_encrypts_plaintext_ssns(empty_url: str) -> None:
         patient(clinics[0], None),
         patient(clinics[1], "987-65-4321"),
     ]
-    settings = Settings(database_url=empty_url)
-    engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                sa.insert(CLINICS), [{"id": c, "name": "c", "active": True} for c in clinics]
-            )
-            await conn.execute(sa.insert(PATIENTS), rows)
-
-        await migrate.upgrade(empty_url)
-
-        async with engine.connect() as conn:
-            result = await conn.execute(
-                sa.text("SELECT id, ssn, ssn_index FROM patients"),
-            )
-            stored = {uuid.UUID(str(r[0])): (r[1], r[2]) for r in result.all()}
-    finally:
-        await engine.dispose()
+    stored = await upgrade_seeded(
+        empty_url, clinics, rows, "SELECT id, ssn, ssn_index FROM patients"
+    )
 
     keyring = keyring_for(Settings())  # the suite's environment keys: t1 active
     assert len(stored) == 3

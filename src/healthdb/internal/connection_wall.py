@@ -26,7 +26,6 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import ClauseElement, visitors
-from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import TableClause
 
 from healthdb.errors import UnsafeStatement
@@ -57,24 +56,19 @@ def _is_flush(options: Mapping[str, Any]) -> bool:
 
 def _problem(statement: Any, dialect: str | None) -> str | None:
     """The tenant table ``statement`` names, as a reason to refuse it, or None."""
-    names = isolation.tenant_name_set()
-    if isinstance(statement, str):
-        return isolation.text_problem(statement, dialect, names, False)
     if not isinstance(statement, ClauseElement):
         return None  # DDL and other executables the service does not issue per request
+    names = isolation.tenant_name_set()
+    # Core tables and every text() fragment, word-checked, as the ORM wall checks them.
     problem = isolation.unwalled_problem(statement, names, dialect)
     if problem:
         return problem
-    # ORM-enabled elements pass the ORM wall's own check (its criteria scope them there);
-    # here nothing scopes them, so every table they reach counts.
+    # ORM-enabled elements pass that check (the ORM criteria scope them there); here nothing
+    # scopes them, so every table they reach counts.
     for element in visitors.iterate(statement, {"column_tables": True}):
-        table = getattr(element, "table", None)
-        if isinstance(element, TableClause):
-            table = element
+        table = element if isinstance(element, TableClause) else getattr(element, "table", None)
         if isinstance(table, TableClause) and str(table.name).lower() in names:
             return f"statement on tenant table {str(table.name)!r}"
-        if isinstance(element, TextClause):
-            return isolation.text_problem(element.text, dialect, names, False)
     return None
 
 
