@@ -33,6 +33,7 @@ from healthdb.query.keys import CacheKey
 from healthdb.query.options import IsolationLevel, QueryOptions, TransactionOptions
 from healthdb.service import DatabaseService
 from healthdb.settings import Settings
+from healthdb.view import Read, View
 
 __all__ = [
     "AuditWriteFailed",
@@ -59,6 +60,7 @@ __all__ = [
     "QueryOptions",
     "QueryTimeout",
     "RateLimited",
+    "Read",
     "Role",
     "ServiceClosed",
     "Settings",
@@ -66,6 +68,7 @@ __all__ = [
     "TransientError",
     "UnsafeDatabaseRole",
     "UnsafeStatement",
+    "View",
     "as_uuid",
     "current_scope",
     "keys",

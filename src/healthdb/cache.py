@@ -62,13 +62,15 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> object:
-        """The cached value, or :data:`MISS`."""
+    def get(self, key: str, *, count_miss: bool = True) -> object:
+        """The cached value, or :data:`MISS` (``count_miss=False``: a look that a counted
+        one follows on a miss)."""
         entry = self._entries.get(key)
         if entry is None or entry.expires_at <= self._clock():
             if entry is not None:
                 del self._entries[key]
-            self.misses += 1
+            if count_miss:
+                self.misses += 1
             return MISS
         self._entries.move_to_end(key)
         self.hits += 1

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 from healthdb.errors import ClinicContextRequired, InvalidInput
@@ -71,27 +69,45 @@ def require_scope() -> ClinicScope:
     return scope
 
 
-@contextmanager
-def clinic_scope(
-    clinic_id: uuid.UUID | str,
-    *,
-    actor: uuid.UUID | str | None = None,
-    role: Role | str | None = None,
-    purpose: str = "operations",
-    request_id: str | None = None,
-    client_addr: str | None = None,
-) -> Iterator[ClinicScope]:
-    """Enter a clinic scope for the enclosed block (nested scopes replace, then restore)."""
-    scope = ClinicScope(
-        clinic_id=as_uuid(clinic_id, "clinic_id"),
-        actor=None if actor is None else as_uuid(actor, "actor"),
-        role=Role.parse(role),
-        purpose=purpose,
-        request_id=request_id or uuid.uuid4().hex,
-        client_addr=None if client_addr is None else client_addr[:64],
-    )
-    token = _scope.set(scope)
-    try:
-        yield scope
-    finally:
-        _scope.reset(token)
+class clinic_scope:
+    """Enter a clinic scope for the enclosed block (nested scopes replace, then restore).
+
+    A class rather than a generator-based context manager: it is entered more than once per
+    request, and this way entering costs an object, not a generator and a wrapper."""
+
+    __slots__ = ("_token", "scope")
+
+    def __init__(
+        self,
+        clinic_id: uuid.UUID | str,
+        *,
+        actor: uuid.UUID | str | None = None,
+        role: Role | str | None = None,
+        purpose: str = "operations",
+        request_id: str | None = None,
+        client_addr: str | None = None,
+    ) -> None:
+        self.scope = ClinicScope(
+            clinic_id=as_uuid(clinic_id, "clinic_id"),
+            actor=None if actor is None else as_uuid(actor, "actor"),
+            role=Role.parse(role),
+            purpose=purpose,
+            request_id=request_id or uuid.uuid4().hex,
+            client_addr=None if client_addr is None else client_addr[:64],
+        )
+        self._token: Token[ClinicScope | None] | None = None
+
+    def __enter__(self) -> ClinicScope:
+        self._token = _scope.set(self.scope)
+        return self.scope
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            _scope.reset(self._token)
+            self._token = None
+
+    async def __aenter__(self) -> ClinicScope:
+        return self.__enter__()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.__exit__()

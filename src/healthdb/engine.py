@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from healthdb.driver_pool import DriverPool
 from healthdb.settings import Settings
 
 SQLITE_BEGIN = "sqlite_begin"
@@ -25,10 +27,12 @@ SQLITE_BEGIN = "sqlite_begin"
 
 @dataclass(frozen=True, slots=True)
 class Engines:
-    """The normal pool and the break-glass pool, over the same database."""
+    """The normal pool and the break-glass pool, over the same database, and on PostgreSQL
+    the driver pool of the view reads and the audit group commit."""
 
     primary: AsyncEngine
     critical: AsyncEngine
+    driver: DriverPool | None = None
 
     @property
     def dialect(self) -> str:
@@ -39,6 +43,8 @@ class Engines:
         return self.dialect == "postgresql"
 
     async def dispose(self) -> None:
+        if self.driver is not None:
+            await self.driver.close()
         await self.primary.dispose()
         await self.critical.dispose()
 
@@ -61,6 +67,7 @@ def create_engine(
             connect_args=_postgres_connect_args(settings),
         )
         event.listen(engine.sync_engine.pool, "checkin", _forget_prelude)
+        event.listen(engine.sync_engine.pool, "checkout", _refuse_open_transaction)
     else:
         engine = create_async_engine(
             url,
@@ -78,17 +85,36 @@ def create_engine(
 
 
 def create_engines(settings: Settings) -> Engines:
-    """The runtime role's engines: a normal pool plus a small reserved critical pool."""
+    """The runtime role's engines: a normal pool plus a small reserved critical pool, and on
+    PostgreSQL the driver pool (``read_pool_size`` connections)."""
+    primary = create_engine(
+        settings.url, settings, pool_size=settings.pool_size, max_overflow=settings.max_overflow
+    )
     return Engines(
-        primary=create_engine(
-            settings.url,
-            settings,
-            pool_size=settings.pool_size,
-            max_overflow=settings.max_overflow,
-        ),
+        primary=primary,
         critical=create_engine(
             settings.url, settings, pool_size=settings.critical_pool_size, max_overflow=0
         ),
+        driver=create_driver_pool(primary, settings) if settings.is_postgres else None,
+    )
+
+
+def create_driver_pool(engine: AsyncEngine, settings: Settings) -> DriverPool:
+    """A :class:`DriverPool` to the database of ``engine``, with its connection settings
+    (the URL's own arguments, the statement and lock bounds)."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    options = _postgres_connect_args(settings)
+    options.pop("connection_class")
+
+    async def connect() -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(*cargs, **{**cparams, **options})
+        return conn
+
+    return DriverPool(
+        connect=connect,
+        size=settings.read_pool_size,
+        timeout=settings.pool_timeout,
+        recycle=settings.pool_recycle,
     )
 
 
@@ -190,6 +216,15 @@ def _forget_prelude(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None
         if isinstance(record.driver_connection, PreludeConnection)
         else None
     )
+
+
+def _refuse_open_transaction(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    # A connection must never reach its next user inside a transaction (its clinic setting
+    # would come with it). SQLAlchemy ends the transactions it knows of; should one it does
+    # not know of (text run on the driver) slip past, the pool discards the connection.
+    driver = record.driver_connection
+    if isinstance(driver, asyncpg.Connection) and driver.is_in_transaction():
+        raise sa_exc.DisconnectionError("pooled connection was left inside a transaction")
 
 
 def _postgres_connect_args(settings: Settings) -> dict[str, Any]:

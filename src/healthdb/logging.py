@@ -29,8 +29,12 @@ SHARED: list[structlog.types.Processor] = [
 #: Loggers that are never allowed below INFO, whatever the configured level: at DEBUG
 #: SQLAlchemy logs every result row and aiosqlite every call with its bound parameters, so
 #: their debug output is PHI by construction and no key- or pattern-based redaction can
-#: recognise it. Statements (with parameters hidden) still log at INFO.
+#: recognise it.
 QUIET_BELOW_INFO = ("sqlalchemy.engine", "sqlalchemy.pool", "aiosqlite", "asyncpg")
+#: SQLAlchemy logs each statement at INFO (parameters hidden). That is one line per
+#: statement, nine in ten of all lines at INFO and a tenth of the CPU of a request: they are
+#: kept for DEBUG or ``echo_sql``, and otherwise only warnings and errors pass.
+SQL_STATEMENTS = "sqlalchemy.engine"
 
 
 def model_phi_names() -> set[str]:
@@ -53,11 +57,15 @@ def redactor() -> Redactor:
 
 
 def configure(
-    *, level: str = "INFO", json: bool = True, stream: SupportsWrite[str] | None = None
+    *,
+    level: str = "INFO",
+    json: bool = True,
+    stream: SupportsWrite[str] | None = None,
+    echo_sql: bool = False,
 ) -> None:
     """Route structlog and stdlib logging (uvicorn, SQLAlchemy) through one redacting
     renderer on ``stream`` (stderr by default): JSON in production, console text in
-    development."""
+    development. SQL statements are logged only at DEBUG or with ``echo_sql``."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -77,9 +85,12 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    floor = max(logging.getLevelName(level.upper()), logging.INFO)
+    numeric = logging.getLevelName(level.upper())
+    floor = max(numeric, logging.INFO)
     for name in QUIET_BELOW_INFO:
         logging.getLogger(name).setLevel(floor)
+    if not (echo_sql or numeric <= logging.DEBUG):
+        logging.getLogger(SQL_STATEMENTS).setLevel(max(floor, logging.WARNING))
     structlog.configure(
         processors=[*SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb import health
-from healthdb.cache import MemoryCache
+from healthdb.cache import MISS, MemoryCache
 from healthdb.context import ClinicScope, Role, as_uuid, clinic_scope, current_scope
 from healthdb.engine import Engines, Sessions, create_engines
 from healthdb.errors import (
@@ -28,6 +29,8 @@ from healthdb.errors import (
 )
 from healthdb.health import HealthReport, PoolStatus
 from healthdb.internal import connection_wall, isolation, phi_access, query_cache, rls
+from healthdb.internal.audit.flush import postgres_flush, session_flush
+from healthdb.internal.audit.writer import AuditWriter, Flush
 from healthdb.internal.invalidation import InvalidationBus
 from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
@@ -40,10 +43,12 @@ from healthdb.phi.crypto import Keyring, using_keyring
 from healthdb.phi.keys import keyring_for
 from healthdb.query import batch, middleware, raw
 from healthdb.query.batch import BatchResult
-from healthdb.query.options import LockMode, QueryOptions, TransactionOptions
+from healthdb.query.options import LockMode, QueryOptions, ReadStrategy, TransactionOptions
 from healthdb.query.pipeline import Call, CallKind, Handler, Middleware, Operation, chain
+from healthdb.query.read_unit import read_unit
 from healthdb.query.strategies import optimistic, unit_of_work
 from healthdb.settings import Settings
+from healthdb.view import Read
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -65,6 +70,7 @@ class DatabaseService:
         bus: InvalidationBus | None = None,
         middleware_steps: Sequence[Middleware] | None = None,
         rate_limiter: ClinicRateLimiter | None = None,
+        audit_writer: AuditWriter | None = None,
         keyring: Keyring,
     ) -> None:
         self.settings = settings
@@ -81,6 +87,7 @@ class DatabaseService:
         for engine in (engines.primary, engines.critical):
             connection_wall.install(engine.sync_engine)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
+        self.audit_writer = audit_writer or AuditWriter(flush=self._audit_flush())
         self._critical_sessions = Sessions.for_engine(
             engines.critical, session_class=isolation.TenantSession
         )
@@ -144,13 +151,20 @@ class DatabaseService:
         except Exception as exc:
             raise translate(exc) from exc
 
+    def _audit_flush(self) -> Flush:
+        if self.engines.driver is not None:
+            return postgres_flush(
+                self.engines.driver,
+                lanes=self.settings.audit_lanes,
+                clinic_setting=rls.CLINIC_SETTING,
+            )
+        return session_flush(self._sessions.write)
+
     def _default_steps(self) -> list[Middleware]:
         s = self.settings
         return [
-            middleware.validation,
-            middleware.security,
-            middleware.measured(self.metrics),
-            middleware.optimized(s.slow_query_ms),
+            middleware.checked,
+            middleware.observed(self.metrics, s.slow_query_ms),
             middleware.cached(self.cache, self.metrics),
             middleware.retried(
                 retrying(attempts=s.retry_attempts, max_wait=s.retry_max_wait), self.metrics
@@ -170,27 +184,52 @@ class DatabaseService:
         client_addr: str | None = None,
     ) -> AbstractAsyncContextManager[ClinicScope]:
         """``async with db.clinic(cid, actor=..., role=...)``: scope the enclosed calls."""
-
-        @asynccontextmanager
-        async def scoped() -> AsyncIterator[ClinicScope]:
-            with clinic_scope(
-                clinic_id,
-                actor=actor,
-                role=role,
-                purpose=purpose,
-                request_id=request_id,
-                client_addr=client_addr,
-            ) as scope:
-                yield scope
-
-        return scoped()
+        return clinic_scope(
+            clinic_id,
+            actor=actor,
+            role=role,
+            purpose=purpose,
+            request_id=request_id,
+            client_addr=client_addr,
+        )
 
     # -- the six operations -------------------------------------------------------------
 
-    async def execute_read(self, op: Operation[T], options: QueryOptions | None = None) -> T:
-        """Run ``op`` in a read-only transaction (primary, or cached when ``options.cached``)."""
-        result: T = await self._run(CallKind.READ, op, options or QueryOptions.for_read())
+    async def execute_read(
+        self, op: Operation[T] | Read[T], options: QueryOptions | None = None
+    ) -> T:
+        """Run ``op`` in a read-only transaction (primary, or cached when ``options.cached``).
+
+        ``op`` is an operation (an async callable taking the session) or a bound view
+        (:class:`~healthdb.view.View`): a Core read mapped straight into records,
+        without the ORM, masked and audited the same way."""
+        options = options or QueryOptions.for_read()
+        if options.read_strategy is ReadStrategy.CACHED and options.cache_key is not None:
+            hit = self._cached(options)
+            if hit is not MISS:
+                return cast(T, hit)
+        result: T = await self._run(CallKind.READ, op, options)
         return result
+
+    def _cached(self, options: QueryOptions) -> object:
+        """A fresh cached value in the current scope's partition, or MISS. A hit costs no
+        round trip, so it skips the chain; it is counted and timed all the same."""
+        self._check_open()
+        started = time.perf_counter()
+        scope = current_scope()
+        partition = f"{scope.clinic_id}:{scope.role.value}" if scope else "-"
+        assert options.cache_key is not None
+        value = self.cache.get(options.cache_key, partition=partition)
+        if value is not MISS:
+            self.metrics.cache_hits.inc()
+            self.metrics.observe(
+                operation=options.name,
+                kind=CallKind.READ.value,
+                strategy="cache_hit",
+                outcome="ok",
+                seconds=time.perf_counter() - started,
+            )
+        return value
 
     async def execute_write(self, op: Operation[T], options: QueryOptions | None = None) -> T:
         """Run ``op`` in a write transaction on the primary; commit; invalidate cached reads."""
@@ -349,7 +388,7 @@ class DatabaseService:
     async def _run(
         self,
         kind: CallKind,
-        op: Operation[Any],
+        op: Operation[Any] | Read[Any],
         options: QueryOptions | TransactionOptions,
         *,
         reason: str | None = None,
@@ -367,18 +406,30 @@ class DatabaseService:
                 self._idle.set()
 
     async def _endpoint(self, call: Call) -> Any:
+        if isinstance(call.operation, Read):
+            return await read_unit(
+                call.operation,
+                call,
+                engine=self.engines.primary,
+                driver=self.engines.driver,
+                audit_writer=self.audit_writer,
+            )
         sessions = self._sessions
         if call.kind is CallKind.CRITICAL:
             sessions = self._critical_sessions
             self._log_break_glass(call)
 
+        operation = call.operation
+
         def run() -> Awaitable[Any]:
             return unit_of_work(
                 sessions,
                 call,
+                operation,
                 postgres=self.engines.is_postgres,
                 on_commit=self._invalidate,
                 batch_statement_timeout_ms=self.settings.batch_statement_timeout_ms,
+                audit_writer=self.audit_writer,
                 audit_lanes=self.settings.audit_lanes,
             )
 
@@ -496,6 +547,7 @@ class DatabaseService:
             )
         except TimeoutError:
             log.error("shutdown_drain_timeout", in_flight=self._in_flight)
+        await self.audit_writer.close(self.settings.shutdown_timeout)
         if self.bus is not None:
             await self.bus.close()
         await self.rate_limiter.close()

@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     )
 
     pool_size: int = Field(10, ge=1, le=500)
-    max_overflow: int = Field(5, ge=0, le=500)
+    # Overflow connections are closed when they come back: under steady load past
+    # pool_size every request would pay a new connection. Queue (bounded) instead.
+    max_overflow: int = Field(0, ge=0, le=500)
+    # PostgreSQL: connections of the driver pool (view reads, audit group commit).
+    read_pool_size: int = Field(10, ge=1, le=500)
     pool_timeout: float = Field(5.0, gt=0, le=120, description="seconds to wait for a connection")
     pool_recycle: int = Field(1800, ge=-1)
     # Off by default: with asyncpg a ping costs three round trips per checkout; dead

@@ -41,6 +41,9 @@ def assert_pools_idle(db: DatabaseService) -> None:
     critical = db.engines.critical.pool.checkedout()  # type: ignore[attr-defined]
     assert primary == 0, f"{primary} primary connection(s) still checked out"
     assert critical == 0, f"{critical} critical connection(s) still checked out"
+    if db.engines.driver is not None:
+        driver = db.engines.driver.status().checked_out
+        assert driver == 0, f"{driver} driver connection(s) still checked out"
 
 
 @pytest.fixture

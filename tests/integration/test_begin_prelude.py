@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import QueryOptions
 from healthdb.engine import begin_with, disarm
-from healthdb.internal import audit, audit_verify
-from healthdb.internal.audit import LANE_SETTING
+from healthdb.internal import audit_verify
+from healthdb.internal.audit import LANE_SETTING, lanes
 from healthdb.models import AuditEvent, Patient
 from tests.integration.conftest import MakeClinic, MakeDb, MakePatient
 
@@ -47,7 +47,8 @@ async def test_a_phi_unit_claims_an_audit_lane_with_begin(
     db = await make_db(pool_size=1, max_overflow=0, audit_lanes=4)
     clinic = await make_clinic()
     async with db.clinic(clinic):
-        lane = await db.execute_read(lambda s: _setting(s, LANE), QueryOptions.for_phi())
+        # A PHI write: its audit rows commit in its own transaction, on the claimed lane.
+        lane = await db.execute_write(lambda s: _setting(s, LANE), QueryOptions.for_phi())
         assert lane in {"0", "1", "2", "3"}
         assert await db.execute_read(lambda s: _setting(s, LANE)) in (None, "")
 
@@ -102,14 +103,14 @@ async def test_appends_on_a_remembered_head_are_checked_by_the_database(
     async with one.clinic(clinic, role="doctor"):
         for service in (one, one, two, one, two, two, one):
             await service.execute_read(get, QueryOptions.for_phi())
-            await service.execute_read(get)  # read-only, then its audit transaction
-        for key, (seq, _hash) in list(audit._heads.items()):
+            await service.execute_read(get)  # audited by the group-commit writer too
+        for key, (seq, _hash) in list(lanes._heads.items()):
             if key[1] == clinic:
-                audit._heads[key] = (seq, "f" * 64)  # right seq, wrong hash
+                lanes._heads[key] = (seq, "f" * 64)  # right seq, wrong hash
         await one.execute_read(get, QueryOptions.for_phi())
-        for key, (seq, row) in list(audit._heads.items()):
+        for key, (seq, row) in list(lanes._heads.items()):
             if key[1] == clinic:
-                audit._heads[key] = (seq - 1, row)  # an older head
+                lanes._heads[key] = (seq - 1, row)  # an older head
         await one.execute_read(get, QueryOptions.for_phi())
 
     async def rows(session: AsyncSession) -> list[tuple[int, int | None]]:

@@ -8,6 +8,7 @@ clinic raises on every INSERT into ``audit_events`` for that clinic only.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -352,15 +353,32 @@ async def test_bulk_inserts_encrypt_index_and_audit_every_row(
 # -- lanes: one clinic's accesses audit concurrently ------------------------------------------
 
 
-async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
+async def test_concurrent_accesses_group_reads_spread_writes_and_every_lane_verifies(
     make_db: Any, make_clinic: MakeClinic, make_patient: MakePatient, owner_url: str
 ) -> None:
+    """Concurrent reads share group commits (fewer flushes than reads); concurrent writes,
+    which keep their audit rows in their own transactions, spread over the lanes."""
     clinic, pid = await patient(make_clinic, make_patient)
     lanes_db: DatabaseService = await make_db(audit_lanes=4, pool_size=5)
+
+    async def create(session: AsyncSession) -> None:
+        session.add(
+            Patient(
+                mrn=uuid.uuid4().hex[:12],
+                given_name="Lane",
+                family_name="Writer",
+                date_of_birth=dt.date(1970, 1, 1),
+                sex="other",
+            )
+        )
+
     async with lanes_db.clinic(clinic, role="doctor"):
         await asyncio.gather(
-            *(lanes_db.execute_read(get(pid), QueryOptions.for_phi()) for _ in range(24))
+            *(lanes_db.execute_read(get(pid), QueryOptions.for_phi()) for _ in range(24)),
+            *(lanes_db.execute_write(create, QueryOptions.for_phi()) for _ in range(8)),
         )
+    assert lanes_db.audit_writer.rows == 24
+    assert lanes_db.audit_writer.flushes < 24
     events = await audit_rows(lanes_db, clinic)
     by_lane: dict[int, list[int]] = {}
     for event in events:
@@ -369,7 +387,7 @@ async def test_concurrent_reads_spread_over_lanes_and_every_lane_verifies(
     assert len(by_lane) > 1 if postgres else set(by_lane) == {0}
     for seqs in by_lane.values():
         assert sorted(seqs) == list(range(1, len(seqs) + 1))
-    assert sum(map(len, by_lane.values())) == 25  # the create and 24 reads
+    assert sum(map(len, by_lane.values())) == 33  # the first create, 24 reads, 8 creates
 
     settings = Settings(database_url=owner_url)
     engine = create_engine(settings.url, settings, pool_size=1, max_overflow=0)

@@ -33,6 +33,29 @@ def make_call(
     return Call(kind=kind, operation=operation, options=options, scope=scope, reason=reason)
 
 
+async def validation(call: Call, endpoint: Handler) -> Any:
+    """The validation half of ``middleware.checked``, in front of ``endpoint``."""
+    middleware.validate(call)
+    return await endpoint(call)
+
+
+async def security(call: Call, endpoint: Handler) -> Any:
+    """The security half of ``middleware.checked``, in front of ``endpoint``."""
+    middleware.secure(call)
+    return await endpoint(call)
+
+
+async def test_checked_runs_both_checks_and_adds_no_frame() -> None:
+    endpoint = Endpoint()
+    handler = middleware.checked(endpoint)
+    pending = handler(make_call())
+    assert inspect.iscoroutine(pending)  # the endpoint's own coroutine, not a wrapper's
+    assert pending.cr_code is Endpoint.__call__.__code__
+    assert await pending == "endpoint"
+    with pytest.raises(ClinicContextRequired):
+        handler(make_call(options=QueryOptions.for_phi(), scope=None))
+
+
 class Endpoint:
     def __init__(self) -> None:
         self.calls: list[Call] = []
@@ -46,13 +69,16 @@ async def test_chain_runs_outermost_first_and_unwinds_in_reverse() -> None:
     events: list[str] = []
 
     def recorder(name: str):  # type: ignore[no-untyped-def]
-        async def step(call: Call, next_: Handler) -> Any:
-            events.append(f"{name}>")
-            result = await next_(call)
-            events.append(f"<{name}")
-            return f"{name}({result})"
+        def wrap(next_: Handler) -> Handler:
+            async def step(call: Call) -> Any:
+                events.append(f"{name}>")
+                result = await next_(call)
+                events.append(f"<{name}")
+                return f"{name}({result})"
 
-        return step
+            return step
+
+        return wrap
 
     async def endpoint(call: Call) -> str:
         events.append("endpoint")
@@ -72,8 +98,11 @@ async def test_chain_with_no_middleware_is_the_endpoint() -> None:
 async def test_a_middleware_can_short_circuit() -> None:
     endpoint = Endpoint()
 
-    async def refuse(call: Call, next_: Handler) -> Any:
-        raise InvalidInput("no")
+    def refuse(next_: Handler) -> Handler:
+        async def step(call: Call) -> Any:
+            raise InvalidInput("no")
+
+        return step
 
     with pytest.raises(InvalidInput):
         await chain([refuse], endpoint)(make_call())
@@ -82,16 +111,16 @@ async def test_a_middleware_can_short_circuit() -> None:
 
 async def test_validation_passes_a_well_formed_call() -> None:
     endpoint = Endpoint()
-    assert await middleware.validation(make_call(), endpoint) == "endpoint"
+    assert await validation(make_call(), endpoint) == "endpoint"
     tx = make_call(CallKind.TRANSACTION)
-    assert await middleware.validation(tx, endpoint) == "endpoint"
+    assert await validation(tx, endpoint) == "endpoint"
 
 
 async def test_validation_refuses_a_coroutine_object_and_closes_it() -> None:
     endpoint = Endpoint()
     coroutine = op(None)
     with pytest.raises(InvalidInput, match="not a coroutine"):
-        await middleware.validation(make_call(operation=coroutine), endpoint)
+        await validation(make_call(operation=coroutine), endpoint)
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # no "never awaited"
     assert endpoint.calls == []
 
@@ -100,7 +129,7 @@ async def test_validation_refuses_a_coroutine_object_and_closes_it() -> None:
 async def test_validation_refuses_non_callables(operation: object) -> None:
     endpoint = Endpoint()
     with pytest.raises(InvalidInput):
-        await middleware.validation(make_call(operation=operation), endpoint)
+        await validation(make_call(operation=operation), endpoint)
     assert endpoint.calls == []
 
 
@@ -119,7 +148,7 @@ async def test_validation_refuses_the_wrong_options_type(kind: CallKind, options
     call = make_call(kind)
     call.options = options
     with pytest.raises(InvalidInput):
-        await middleware.validation(call, endpoint)
+        await validation(call, endpoint)
     assert endpoint.calls == []
 
 
@@ -128,7 +157,7 @@ async def test_validation_needs_a_bounded_critical_reason(reason: str | None) ->
     endpoint = Endpoint()
     call = make_call(CallKind.CRITICAL, options=QueryOptions.for_emergency(), reason=reason)
     with pytest.raises(InvalidInput, match="reason"):
-        await middleware.validation(call, endpoint)
+        await validation(call, endpoint)
     assert endpoint.calls == []
 
 
@@ -136,18 +165,18 @@ async def test_validation_accepts_a_critical_reason_up_to_the_limit() -> None:
     endpoint = Endpoint()
     for reason in ("cardiac arrest, bed 4", "x" * 500):
         call = make_call(CallKind.CRITICAL, options=QueryOptions.for_emergency(), reason=reason)
-        assert await middleware.validation(call, endpoint) == "endpoint"
+        assert await validation(call, endpoint) == "endpoint"
 
 
 async def test_security_requires_a_scope_for_phi() -> None:
     endpoint = Endpoint()
     phi = QueryOptions.for_phi()
     with pytest.raises(ClinicContextRequired):
-        await middleware.security(make_call(options=phi, scope=None), endpoint)
+        await security(make_call(options=phi, scope=None), endpoint)
     with pytest.raises(ClinicContextRequired):
-        await middleware.security(make_call(CallKind.WRITE, options=phi, scope=None), endpoint)
+        await security(make_call(CallKind.WRITE, options=phi, scope=None), endpoint)
     assert endpoint.calls == []
-    assert await middleware.security(make_call(options=phi), endpoint) == "endpoint"
+    assert await security(make_call(options=phi), endpoint) == "endpoint"
 
 
 async def test_security_requires_a_scope_for_critical() -> None:
@@ -156,18 +185,18 @@ async def test_security_requires_a_scope_for_critical() -> None:
         CallKind.CRITICAL, options=QueryOptions.for_emergency(), scope=None, reason="r"
     )
     with pytest.raises(ClinicContextRequired):
-        await middleware.security(critical, endpoint)
+        await security(critical, endpoint)
     assert endpoint.calls == []
     critical.scope = SCOPE
-    assert await middleware.security(critical, endpoint) == "endpoint"
+    assert await security(critical, endpoint) == "endpoint"
 
 
 async def test_security_lets_non_phi_calls_through_without_a_scope() -> None:
     # The ORM wall, not this step, guards tenant tables for ordinary calls.
     endpoint = Endpoint()
-    assert await middleware.security(make_call(scope=None), endpoint) == "endpoint"
+    assert await security(make_call(scope=None), endpoint) == "endpoint"
     tx = make_call(CallKind.TRANSACTION, scope=None)
-    assert await middleware.security(tx, endpoint) == "endpoint"
+    assert await security(tx, endpoint) == "endpoint"
 
 
 def test_call_strategy_labels() -> None:

@@ -136,7 +136,7 @@ async def run_step(
     async def endpoint(_: Call) -> T:
         return await fn()
 
-    result: T = await step(call, endpoint)
+    result: T = await step(endpoint)(call)
     return result
 
 

@@ -41,8 +41,9 @@ def database_lifespan(
     return lifespan
 
 
-def get_db(request: Request) -> DatabaseService:
-    """Dependency: the application's DatabaseService."""
+async def get_db(request: Request) -> DatabaseService:
+    """Dependency: the application's DatabaseService (``async``: FastAPI runs a plain
+    ``def`` dependency in a worker thread)."""
     db: DatabaseService = request.app.state.db
     return db
 

@@ -89,7 +89,7 @@ class InvalidationBus:
         finally:
             self.connected.clear()
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     def _apply(self, data: object) -> None:
         try:

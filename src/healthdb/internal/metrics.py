@@ -39,6 +39,7 @@ class QueryMetrics:
         self.cache = Counter(
             "healthdb_cache_requests", "Query cache lookups", ["result"], registry=self.registry
         )
+        self.cache_hits = self.cache.labels("hit")
         self.retries = Counter(
             "healthdb_retries", "Transaction re-runs", ["reason"], registry=self.registry
         )

@@ -60,6 +60,11 @@ class QueryCache:
         self.store = store
         self._default_ttl = default_ttl
 
+    def get(self, key: CacheKey, *, partition: str = "") -> object:
+        """The cached value of ``key`` in ``partition``, or :data:`~healthdb.cache.MISS`
+        (a miss is counted by the :meth:`read_through` that follows it)."""
+        return self.store.get(f"{partition}|{key.key}", count_miss=False)
+
     async def read_through(
         self,
         key: CacheKey,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
 from tenacity import (
@@ -14,6 +15,7 @@ from tenacity import (
 )
 
 from healthdb import errors
+from healthdb.driver_pool import DriverDisconnect
 
 SERIALIZATION_FAILURE = "40001"
 DEADLOCK = "40P01"
@@ -24,9 +26,9 @@ INSUFFICIENT_PRIVILEGE = "42501"  # also raised by a row-level security WITH CHE
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a driver error wrapped by SQLAlchemy, if any."""
+    """The SQLSTATE of a driver error, raised by the driver or wrapped by SQLAlchemy."""
     orig = getattr(exc, "orig", None)
-    for source in (orig, getattr(orig, "__cause__", None)):
+    for source in (exc, orig, getattr(orig, "__cause__", None)):
         code = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
         if isinstance(code, str):
             return code
@@ -39,6 +41,8 @@ def _sqlite_message(exc: BaseException) -> str:
 
 def is_unique_violation(exc: BaseException) -> bool:
     """A duplicate key (PostgreSQL 23505, SQLite "UNIQUE constraint failed")."""
+    if isinstance(exc, asyncpg.PostgresError):  # raised on the driver pool's path
+        return sqlstate(exc) == "23505"
     return isinstance(exc, sa_exc.IntegrityError) and (
         sqlstate(exc) == "23505" or "unique constraint" in _sqlite_message(exc)
     )
@@ -56,6 +60,8 @@ def is_transient(exc: BaseException) -> bool:
     or a :class:`SnapshotConflict`."""
     if isinstance(exc, SnapshotConflict):
         return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return sqlstate(exc) in TRANSIENT_SQLSTATES
     if isinstance(exc, sa_exc.DBAPIError):
         if sqlstate(exc) in TRANSIENT_SQLSTATES:
             return True
@@ -78,37 +84,50 @@ def translate(exc: BaseException) -> errors.HealthdbError:
         return errors.ConflictError("the row was changed by someone else; reload and retry")
     if isinstance(exc, TimeoutError):
         return errors.QueryTimeout("the operation exceeded its time limit")
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError | DriverDisconnect):
         return errors.DatabaseUnavailable("the database is unreachable")
+    if isinstance(exc, asyncpg.PostgresError):
+        return _translate_sql(exc, sqlstate(exc) or "", str(exc))
     if not isinstance(exc, sa_exc.DBAPIError):
         return errors.DatabaseError("unexpected database failure")
     return _translate_dbapi(exc)
 
 
-def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
-    code = sqlstate(exc) or ""
+def _translate_sql(exc: BaseException, code: str, message: str) -> errors.HealthdbError:
+    """What every SQL error maps to by its SQLSTATE, whichever layer raised it."""
     if code in TRANSIENT_SQLSTATES or is_transient(exc):
         return errors.TransientError("the transaction kept conflicting; try again", retry_after=0.5)
     if code in TIMEOUT_SQLSTATES:
         return errors.QueryTimeout("a statement or lock wait exceeded its configured bound")
-    if isinstance(exc, sa_exc.IntegrityError):
+    if code.startswith("23") or isinstance(exc, sa_exc.IntegrityError):
         if is_unique_violation(exc):
             return errors.ConflictError("a row with the same unique key already exists")
         return errors.IntegrityViolation("the write violates a database constraint")
-    if code == INSUFFICIENT_PRIVILEGE and "row-level security" in str(exc.orig):
+    if code == INSUFFICIENT_PRIVILEGE and "row-level security" in message:
         # The database wall refused a write outside the transaction's clinic (or with none).
         return errors.ClinicContextRequired("a row may only be written in the current clinic")
-    if code.startswith(UNAVAILABLE_PREFIXES) or exc.connection_invalidated:
-        return errors.DatabaseUnavailable("the database is unavailable")
-    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError) and not code:
+    if code.startswith(UNAVAILABLE_PREFIXES):
         return errors.DatabaseUnavailable("the database is unavailable")
     return errors.DatabaseError("the database rejected the operation")
+
+
+def _translate_dbapi(exc: sa_exc.DBAPIError) -> errors.HealthdbError:
+    code = sqlstate(exc) or ""
+    found = _translate_sql(exc, code, str(exc.orig))
+    gone = exc.connection_invalidated or (
+        isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError) and not code
+    )
+    if type(found) is errors.DatabaseError and gone:
+        return errors.DatabaseUnavailable("the database is unavailable")
+    return found
 
 
 def is_disconnect(exc: BaseException) -> bool:
     """The pooled connection turned out dead (server restart, network cut); it has been
     invalidated, so a re-run gets a fresh one. Without pre-ping this is how a stale
     connection is noticed."""
+    if isinstance(exc, DriverDisconnect):
+        return True
     return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 

@@ -25,9 +25,8 @@ import hmac
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,13 +179,25 @@ def current_keyring() -> Keyring:
     return keyring
 
 
-@contextmanager
-def using_keyring(keyring: Keyring) -> Iterator[Keyring]:
-    token = _keyring.set(keyring)
-    try:
-        yield keyring
-    finally:
-        _keyring.reset(token)
+class using_keyring:
+    """``with using_keyring(keyring):`` encrypted columns read and write with ``keyring``.
+
+    A class, not a generator: the facade enters it on every call."""
+
+    __slots__ = ("_keyring", "_token")
+
+    def __init__(self, keyring: Keyring) -> None:
+        self._keyring = keyring
+        self._token: Token[Keyring | None] | None = None
+
+    def __enter__(self) -> Keyring:
+        self._token = _keyring.set(self._keyring)
+        return self._keyring
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._token is not None:
+            _keyring.reset(self._token)
+            self._token = None
 
 
 class EncryptedText(TypeDecorator[str]):

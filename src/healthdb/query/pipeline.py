@@ -1,7 +1,10 @@
 """The middleware chain every facade call passes through.
 
-A middleware is a plain async callable ``(call, next) -> result``; :func:`chain` folds a list
-of them around the endpoint that actually runs the unit of work (starlette-style).
+A middleware wraps the next handler and returns a handler (starlette-style: ``step(next)``);
+:func:`chain` folds a list of them around the endpoint that actually runs the unit of work.
+A step that only checks or routes can be a plain function returning ``next_(call)`` (the
+coroutine, not awaited): it then adds no frame to the await chain that every round trip
+resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb.context import ClinicScope
 from healthdb.query.options import QueryOptions, TransactionOptions
+from healthdb.view import Read
 
 T = TypeVar("T")
 Operation = Callable[[AsyncSession], Awaitable[T]]
@@ -32,7 +36,7 @@ class Call:
     """One facade call on its way through the chain."""
 
     kind: CallKind
-    operation: Operation[Any]
+    operation: Operation[Any] | Read[Any]
     options: QueryOptions | TransactionOptions
     scope: ClinicScope | None
     reason: str | None = None
@@ -54,19 +58,12 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Any]]
-Middleware = Callable[[Call, Handler], Awaitable[Any]]
+Middleware = Callable[[Handler], Handler]
 
 
 def chain(middleware: Sequence[Middleware], endpoint: Handler) -> Handler:
     """Compose ``middleware`` (outermost first) around ``endpoint``."""
     handler = endpoint
     for step in reversed(middleware):
-        handler = _link(step, handler)
-    return handler
-
-
-def _link(step: Middleware, next_: Handler) -> Handler:
-    async def handler(call: Call) -> Any:
-        return await step(call, next_)
-
+        handler = step(handler)
     return handler

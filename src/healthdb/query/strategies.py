@@ -24,6 +24,7 @@ from healthdb.errors import (
     QueryTimeout,
 )
 from healthdb.internal import audit, phi_access
+from healthdb.internal.audit.writer import AuditWriter
 from healthdb.internal.isolation import PESSIMISTIC
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import WRITTEN_TAGS
@@ -36,7 +37,7 @@ from healthdb.query.options import (
     TransactionOptions,
     WriteStrategy,
 )
-from healthdb.query.pipeline import Call, CallKind
+from healthdb.query.pipeline import Call, CallKind, Operation
 
 OnCommit = Callable[[set[str]], Awaitable[None]]
 
@@ -45,33 +46,40 @@ def _is_read_only(call: Call) -> bool:
     options = call.options
     if isinstance(options, TransactionOptions):
         return options.is_read_only
-    # A PHI read writes its audit rows in its own transaction, so it cannot be read-only.
-    return call.kind is CallKind.READ and not options.phi
+    # A PHI read is read-only too: its audit rows go through the group-commit writer.
+    return call.kind is CallKind.READ
 
 
 async def unit_of_work(
     sessions: Sessions,
     call: Call,
+    operation: Operation[Any],
     *,
     postgres: bool,
     on_commit: OnCommit,
     batch_statement_timeout_ms: int,
+    audit_writer: AuditWriter,
     audit_lanes: int = 1,
 ) -> Any:
-    """Run ``call.operation`` in one transaction and commit; invalidate after commit."""
+    """Run ``call.operation`` in one transaction and commit; invalidate after commit.
+
+    A write's audit rows commit in its transaction; a read's are handed to ``audit_writer``
+    after its transaction ended (connection released) and the result is returned only once
+    they are committed."""
     read_only = _is_read_only(call)
     prelude = _Prelude()
     try:
         return await _run_unit(
             sessions.read if read_only else sessions.write,
             call,
+            operation,
             prelude,
             read_only=read_only,
             postgres=postgres,
             on_commit=on_commit,
             batch_statement_timeout_ms=batch_statement_timeout_ms,
             audit_lanes=audit_lanes,
-            sessions=sessions,
+            audit_writer=audit_writer,
         )
     finally:
         prelude.unclaim()  # after the session ended its transaction, and with it the lock
@@ -80,6 +88,7 @@ async def unit_of_work(
 async def _run_unit(
     factory: async_sessionmaker[AsyncSession],
     call: Call,
+    operation: Operation[Any],
     prelude: _Prelude,
     *,
     read_only: bool,
@@ -87,7 +96,7 @@ async def _run_unit(
     on_commit: OnCommit,
     batch_statement_timeout_ms: int,
     audit_lanes: int,
-    sessions: Sessions,
+    audit_writer: AuditWriter,
 ) -> Any:
     options = call.options
     async with factory() as session:
@@ -110,15 +119,13 @@ async def _run_unit(
                     lanes=audit_lanes if not read_only and _always_audited(call) else None,
                 )
             async with asyncio.timeout(options.timeout):
-                result = await call.operation(session)
+                result = await operation(session)
                 records = await _accesses(session, call)
                 if records and not read_only:
                     await _audit(session, call, records, lanes=audit_lanes, claimed=prelude.claimed)
                 await session.commit()
                 if records and read_only:
-                    await _audit_apart(
-                        sessions, call, records, postgres=postgres, lanes=audit_lanes
-                    )
+                    await audit_writer.write(_audit_rows(call, records))
         except TimeoutError:
             raise QueryTimeout("the operation exceeded its time limit") from None
         finally:
@@ -204,6 +211,12 @@ async def _accesses(session: AsyncSession, call: Call) -> list[Access]:
     return records
 
 
+def _audit_rows(call: Call, records: list[Access]) -> list[dict[str, Any]]:
+    if call.scope is None:
+        raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
+    return phi_access.audit_rows(records, call.scope, reason=call.reason)
+
+
 async def _audit(
     session: AsyncSession,
     call: Call,
@@ -213,9 +226,7 @@ async def _audit(
     claimed: audit.LaneClaim | None = None,
 ) -> None:
     """Write the audit rows in the unit's own transaction: no row, no commit."""
-    if call.scope is None:
-        raise AuditWriteFailed("PHI was touched outside a clinic scope; nothing to attribute")
-    rows = phi_access.audit_rows(records, call.scope, reason=call.reason)
+    rows = _audit_rows(call, records)
     # The op is done: its row locks stay, but the chain-head read must not take FOR UPDATE
     # (the runtime role may only SELECT and INSERT audit rows).
     session.sync_session.info.pop(PESSIMISTIC, None)
@@ -233,25 +244,6 @@ async def _audit(
         if is_transient(exc):
             raise  # a serialization failure or a busy SQLite: the whole unit is re-run
         raise AuditWriteFailed("the audit trail could not be written; access refused") from exc
-
-
-async def _audit_apart(
-    sessions: Sessions, call: Call, records: list[Access], *, postgres: bool, lanes: int
-) -> None:
-    """A read-only unit's audit rows, in a write transaction right after it. The caller gets
-    the result only once they are committed."""
-    prelude = _Prelude()
-    try:
-        async with sessions.write() as session:
-            try:
-                if postgres and call.scope is not None:
-                    await prelude.arm(session, call.scope.clinic_id, lanes=lanes)
-                await _audit(session, call, records, lanes=lanes, claimed=prelude.claimed)
-                await session.commit()
-            finally:
-                prelude.disarm()
-    finally:
-        prelude.unclaim()
 
 
 async def optimistic(

@@ -15,6 +15,7 @@ from healthdb.repositories.pagination import (
     decode_cursor,
     encode_cursor,
 )
+from healthdb.repositories.patient_views import PatientRecord
 from healthdb.repositories.patients import PatientRepository, escape_like
 from healthdb.repositories.users import UserRepository, normalize_email
 
@@ -26,6 +27,7 @@ __all__ = [
     "ClinicRepository",
     "Cursor",
     "Page",
+    "PatientRecord",
     "PatientRepository",
     "Repository",
     "UserRepository",

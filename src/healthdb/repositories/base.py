@@ -113,6 +113,13 @@ class Repository(Generic[M]):
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
+    @classmethod
+    def sort_type(cls, sort: str) -> type[Any]:
+        """The Python type of a sortable field's values (what its cursors carry)."""
+        if sort not in cls._info.sort_types:
+            raise InvalidInput(f"unknown sort field: {sort}")
+        return cls._info.sort_types[sort]
+
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, id: uuid.UUID | str) -> M | None:

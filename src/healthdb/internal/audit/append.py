@@ -1,12 +1,9 @@
-"""The audit hash chain: append events to a clinic's chain.
+"""Appending to a clinic's audit chain inside the caller's transaction (SQLAlchemy).
 
-Each clinic has its own chain, split into *lanes* (independent sub-chains, migration
-0005). :func:`append` gives a new event the next ``seq`` of its clinic's lane (1, 2, 3,
-...), links it to the previous row of that lane (``prev_hash``: that row's ``row_hash``, or
-64 zeros for the first) and seals it: ``row_hash`` is the sha256 of the canonical JSON of
-every column except ``row_hash`` and ``lane`` (``seq`` and ``prev_hash`` included). Editing,
-deleting, inserting, reordering or moving rows between lanes therefore breaks a chain, and
-:func:`healthdb.internal.audit_verify.verify` names the first broken row and its lane.
+:func:`append` gives a new event the next ``seq`` of its clinic's lane (1, 2, 3, ...), links
+it to the previous row of that lane (``prev_hash``: that row's ``row_hash``, or 64 zeros for
+the first) and seals it (:mod:`.chain`). Writes use this path: a PHI write and its audit row
+commit together. Reads go through the group-commit writer (:mod:`.writer`) instead.
 
 Appends to one lane are serialised inside the caller's write transaction: on PostgreSQL by
 ``pg_advisory_xact_lock`` on a key derived from the clinic id and lane (released at commit
@@ -17,12 +14,12 @@ used. The database itself refuses UPDATE and DELETE on ``audit_events`` (migrati
 and a unique index on ``(clinic_id, lane, seq)`` backs the sequence.
 
 The facade's units that always audit claim their lane in the statement that begins the
-transaction (:func:`claim_lane`, sent with ``BEGIN``); the append then reads that lane's head
-in a later statement (a fresh READ COMMITTED snapshot, taken after the lock), or, for one
-row, chains it onto the head this process remembers and inserts it with a guard that inserts
-nothing unless the lane is locked by this transaction and that head is still the newest row
-(then it falls back to reading the head). Either way ``seq`` and ``prev_hash`` come from the
-lane's real newest row, under its lock.
+transaction (:func:`~.lanes.claim_lane`, sent with ``BEGIN``); the append then reads that
+lane's head in a later statement (a fresh READ COMMITTED snapshot, taken after the lock),
+or, for one row, chains it onto the head this process remembers and inserts it with a guard
+that inserts nothing unless the lane is locked by this transaction and that head is still
+the newest row (then it falls back to reading the head). Either way ``seq`` and
+``prev_hash`` come from the lane's real newest row, under its lock.
 
 What a chain cannot prove: that its newest rows were not deleted (the rest is still a valid
 chain), nor that someone who can rewrite the table *and* recompute every hash after the
@@ -35,14 +32,9 @@ gaps for every row up to the anchored heads.
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import hashlib
-import json
-import random
 import secrets
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -63,72 +55,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from healthdb.context import current_scope
 from healthdb.errors import ClinicContextRequired, InvalidInput
 from healthdb.execution_options import TRUSTED
+from healthdb.internal.audit.chain import GENESIS_HASH, SEALED, clinic_lock_key, row_hash
+from healthdb.internal.audit.lanes import (
+    LANE_SETTING,
+    LaneClaim,
+    remember_head,
+    remembered_head,
+)
 from healthdb.models import AuditEvent
 from healthdb.models.base import new_id, utcnow
 
-__all__ = [
-    "GENESIS_HASH",
-    "SEALED",
-    "LaneClaim",
-    "append",
-    "append_many",
-    "append_rows",
-    "claim_lane",
-    "clinic_lock_key",
-    "release_lane",
-    "row_hash",
-]
-
-GENESIS_HASH = "0" * 64
-_LOCK_NAMESPACE = b"healthdb.audit.chain:"
-
-#: Every column that is sealed, in a fixed order (``row_hash`` is the seal itself).
-SEALED = (
-    "id",
-    "clinic_id",
-    "seq",
-    "occurred_at",
-    "actor_id",
-    "actor_role",
-    "action",
-    "resource_type",
-    "resource_id",
-    "phi_fields",
-    "purpose",
-    "outcome",
-    "request_id",
-    "client_addr",
-    "reason",
-    "prev_hash",
-)
-
-
-def clinic_lock_key(clinic_id: uuid.UUID, lane: int = 0) -> int:
-    """The signed 64-bit ``pg_advisory_xact_lock`` key of one lane of a clinic's chain
-    (namespaced, so it cannot collide with other advisory locks keyed on the same uuid)."""
-    suffix = b"" if lane == 0 else b":" + str(lane).encode()
-    digest = hashlib.sha256(_LOCK_NAMESPACE + clinic_id.bytes + suffix).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime in an audit event: pass a timezone-aware value")
-        return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
-    if isinstance(value, (list, tuple)):
-        return [_canonical(item) for item in value]
-    return value
-
-
-def row_hash(fields: dict[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of the sealed fields: sorted keys, no whitespace,
-    uuids as strings, timestamps as UTC ISO 8601 with microseconds."""
-    document = {name: _canonical(fields.get(name)) for name in SEALED}
-    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+__all__ = ["EVENTS", "append", "append_many", "append_rows", "fill_rows"]
 
 
 async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
@@ -199,16 +136,7 @@ async def append_rows(
     or, for a single row whose lane head this process remembers, not read at all: the row is
     chained onto the remembered head and inserted only if the database confirms, in the same
     statement, that the lane is this transaction's and that head is still the newest row."""
-    filled = [{**_DEFAULTS, **row, "id": row.get("id") or new_id()} for row in rows]
-    previous: dt.datetime | None = None
-    for row in filled:
-        if row.get("clinic_id") is None:
-            raise ClinicContextRequired("an audit row needs a clinic_id")
-        # Strictly increasing within the call, so time orders a unit's rows as they happened.
-        stamp = row.get("occurred_at") or utcnow()
-        if previous is not None and stamp <= previous:
-            stamp = previous + _TICK
-        row["occurred_at"] = previous = stamp
+    filled = fill_rows(rows)
     conn = await session.connection()
     hint = claimed if conn.dialect.name == "postgresql" else None
     if hint is not None and hint.sql is None:  # a shared lane: queue for it now
@@ -223,6 +151,21 @@ async def append_rows(
     await conn.execute(_INSERT, filled)
     if conn.dialect.name == "postgresql":
         _remember(conn, filled)
+
+
+def fill_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Complete unsealed audit rows: defaults, an id, and an ``occurred_at`` strictly
+    increasing within the call, so time orders a unit's rows as they happened."""
+    filled = [{**_DEFAULTS, **row, "id": row.get("id") or new_id()} for row in rows]
+    previous: dt.datetime | None = None
+    for row in filled:
+        if row.get("clinic_id") is None:
+            raise ClinicContextRequired("an audit row needs a clinic_id")
+        stamp = row.get("occurred_at") or utcnow()
+        if previous is not None and stamp <= previous:
+            stamp = previous + _TICK
+        row["occurred_at"] = previous = stamp
+    return filled
 
 
 _TICK = dt.timedelta(microseconds=1)
@@ -240,7 +183,8 @@ _DEFAULTS: dict[str, Any] = {
     "prev_hash": None,
 }
 
-_EVENTS = cast(Table, AuditEvent.__table__)
+EVENTS = cast(Table, AuditEvent.__table__)
+_EVENTS = EVENTS
 # The chain's statements run on the session's connection with the clinic written out (and
 # row-level security checking it on PostgreSQL): TRUSTED tells the connection wall so.
 _INSERT = insert(_EVENTS).execution_options(**TRUSTED)
@@ -257,10 +201,6 @@ _HEAD = (
     .execution_options(**TRUSTED)
 )
 
-#: The transaction-local setting in which :func:`claim_lane` leaves the lane it locked
-#: ('' when every lane was busy).
-LANE_SETTING = "healthdb.audit_lane"
-
 #: The lane :func:`claim_lane` locked, with its chain head, in one statement. The head is
 #: read by a later statement than the one that took the lock, so (READ COMMITTED) its
 #: snapshot includes every append committed by the lane's previous holders.
@@ -273,91 +213,12 @@ _CLAIMED_HEAD = text(
 ).execution_options(**TRUSTED)
 
 
-@dataclass(frozen=True, slots=True)
-class LaneClaim:
-    """A lane lock requested with BEGIN: ``sql`` is the select-list item for the prelude,
-    ``lane`` the lane tried first (the one this transaction holds unless another process
-    held it). When every lane is already claimed in this process, ``sql`` is None and the
-    append waits for ``lane``'s lock instead. Give it back with :func:`release_lane` when
-    the transaction ends."""
-
-    clinic_id: uuid.UUID
-    lane: int
-    sql: str | None  # None: share ``lane``, waiting for its lock when appending
-
-
-# In-process hints, never trusted on their own (every use is checked by the database):
-# the lanes that this process's open transactions tried first, per clinic, so concurrent
-# units start from different lanes; and the newest (seq, row_hash) this process wrote per
-# (engine, clinic, lane).
-_first_tries: dict[uuid.UUID, list[int]] = {}
-_heads: dict[tuple[int, uuid.UUID, int], tuple[int, str]] = {}
-_MAX_HEADS = 50_000
-
-
-def claim_lane(clinic_id: uuid.UUID, lanes: int) -> LaneClaim:
-    """Lock a lane of the clinic's chain in the statement that begins a transaction
-    (PostgreSQL), and leave its number in :data:`LANE_SETTING` for :func:`append_rows`
-    (``claimed=``). Tried first: a random lane that no other open transaction of this
-    process claimed; then the other lanes this process has not claimed (another process may
-    hold some). Nothing waits here: when they are all busy the setting is '' and the append
-    takes a lane itself. When every lane is already claimed in this process, trying them
-    would only take a lane from a unit that has not begun yet: the claim then shares the
-    least claimed lane and its ``sql`` is None (the append waits for that lane's lock).
-
-    The text is rendered inline (it travels with ``BEGIN`` in the simple protocol): it holds
-    only Python ints and constants."""
-    if not isinstance(clinic_id, uuid.UUID) or not 1 <= lanes <= 64:
-        raise InvalidInput("claim_lane needs a clinic uuid and 1-64 lanes")
-    tried = _first_tries.setdefault(clinic_id, [])
-    # Spreading only, nothing to guess: the cheap PRNG (secrets reads the OS on every call).
-    start = random.randrange(lanes)
-    order = [lane for i in range(lanes) if (lane := (start + i) % lanes) not in tried]
-    if not order:
-        # Every lane is claimed here: share the least claimed one (waiting for its lock at
-        # append time) rather than take a lane from a unit that has not begun yet.
-        shared = min(range(lanes), key=lambda lane: (tried.count(lane), lane != start))
-        tried.append(shared)
-        return LaneClaim(clinic_id, shared, None)
-    tried.append(order[0])
-    keys = _lane_keys(clinic_id, lanes)
-    key_list = ",".join(str(keys[lane]) for lane in order)
-    lane_list = ",".join(map(str, order))
-    sql = (
-        f"set_config('{LANE_SETTING}', COALESCE((SELECT k.lane::text FROM "  # noqa: S608
-        f"unnest('{{{key_list}}}'::bigint[], '{{{lane_list}}}'::integer[]) AS k(key, lane) "
-        "WHERE pg_try_advisory_xact_lock(k.key) LIMIT 1), ''), true)"
-    )
-    return LaneClaim(clinic_id, order[0], sql)
-
-
-def release_lane(claim: LaneClaim) -> None:
-    """The transaction that made ``claim`` has ended (its lock went with it)."""
-    tried = _first_tries.get(claim.clinic_id)
-    if tried is not None and claim.lane in tried:  # a hint: never fail a unit over it
-        tried.remove(claim.lane)
-        if not tried:
-            del _first_tries[claim.clinic_id]
-
-
-@functools.lru_cache(maxsize=4096)
-def _lane_keys(clinic_id: uuid.UUID, lanes: int) -> tuple[int, ...]:
-    # Cached: a sha256 per lane costs more than the rest of the prelude.
-    return tuple(clinic_lock_key(clinic_id, lane) for lane in range(lanes))
-
-
-def _head_key(conn: AsyncConnection, clinic_id: uuid.UUID, lane: int) -> tuple[int, uuid.UUID, int]:
-    return (id(conn.sync_engine), clinic_id, lane)
-
-
 def _remember(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Note the newest row this transaction appended to each lane. Noted before the commit:
-    if the commit fails, the next append on the hint finds no such row and falls back to
-    reading the head."""
-    if len(_heads) >= _MAX_HEADS:
-        _heads.clear()
+    """Note the newest row this transaction appended to each lane."""
     for row in rows:  # in chain order: the last row of a lane wins
-        _heads[_head_key(conn, row["clinic_id"], row["lane"])] = (row["seq"], row["row_hash"])
+        remember_head(
+            id(conn.sync_engine), row["clinic_id"], row["lane"], row["seq"], row["row_hash"]
+        )
 
 
 async def _append_on_hint(conn: AsyncConnection, row: dict[str, Any], claim: LaneClaim) -> bool:
@@ -366,8 +227,8 @@ async def _append_on_hint(conn: AsyncConnection, row: dict[str, Any], claim: Lan
     (:data:`LANE_SETTING`) and the remembered row is still the lane's newest. The statement
     runs after the lock was taken, so (READ COMMITTED) it sees every earlier holder's rows.
     True when the row was inserted."""
-    key = _head_key(conn, claim.clinic_id, claim.lane)
-    head = _heads.get(key)
+    engine = id(conn.sync_engine)
+    head = remembered_head(engine, claim.clinic_id, claim.lane)
     if head is None:
         return False
     seq, prev = head
@@ -378,7 +239,7 @@ async def _append_on_hint(conn: AsyncConnection, row: dict[str, Any], claim: Lan
     params = {**row, "lane_text": str(claim.lane), "prev_seq": seq}
     inserted = (await conn.execute(_GUARDED_INSERT, params)).rowcount == 1
     if inserted:
-        _heads[key] = (row["seq"], row["row_hash"])
+        remember_head(engine, claim.clinic_id, claim.lane, row["seq"], row["row_hash"])
     # Else the hint is kept: most misses are another lane taken, not a stale head, and the
     # fallback re-notes the head of whichever lane it appends to.
     return inserted

@@ -1,0 +1,176 @@
+"""How the group-commit writer (:mod:`.writer`) gets one clinic's rows into the database.
+
+PostgreSQL (:func:`postgres_flush`), on the driver connection, in the common case three
+round trips for however many rows: ``BEGIN`` with the clinic setting and a try-lock of this
+process's lane (first choice) or another free lane; one ``INSERT ... SELECT FROM unnest(...)``
+of every row, chained onto the lane head this process remembers and guarded in the same
+statement (it inserts nothing unless this transaction holds that lane and the remembered
+head is still the lane's newest row); ``COMMIT``. Otherwise (first flush of a clinic in this
+process, another lane taken, a head moved by another process) the lane and its head are
+read under the lock and the rows chained onto them. A unique index on
+``(clinic_id, lane, seq)`` stands behind all of it: a flush that lost a race fails whole,
+rolls back and is re-chained.
+
+SQLite (:func:`session_flush`): a write transaction (``BEGIN IMMEDIATE``) with
+:func:`~.append.append_rows` on one lane.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from healthdb.driver_pool import DriverPool
+from healthdb.internal.audit.append import append_rows, fill_rows
+from healthdb.internal.audit.chain import GENESIS_HASH, lane_keys, row_hash
+from healthdb.internal.audit.lanes import (
+    LANE_SETTING,
+    remember_head,
+    remembered_head,
+    reserve_lane,
+    try_lanes_sql,
+)
+from healthdb.internal.audit.writer import Flush
+
+__all__ = ["postgres_flush", "session_flush"]
+
+#: Attempts of one flush that lost a race for a lane position (unique violation).
+ATTEMPTS = 3
+
+# (column, element type of its unnest array): every column of audit_events, in order.
+_COLUMNS = (
+    ("id", "uuid"),
+    ("clinic_id", "uuid"),
+    ("lane", "smallint"),
+    ("seq", "bigint"),
+    ("occurred_at", "timestamptz"),
+    ("actor_id", "uuid"),
+    ("actor_role", "text"),
+    ("action", "text"),
+    ("resource_type", "text"),
+    ("resource_id", "text"),
+    ("phi_fields", "text"),  # JSON text, cast below
+    ("purpose", "text"),
+    ("outcome", "text"),
+    ("request_id", "text"),
+    ("client_addr", "text"),
+    ("reason", "text"),
+    ("prev_hash", "text"),
+    ("row_hash", "text"),
+)
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
+_VALUES = ", ".join(
+    f"u.{name}::json" if name == "phi_fields" else f"u.{name}" for name, _ in _COLUMNS
+)
+_INSERT = (
+    f"INSERT INTO audit_events ({_NAMES}) "  # noqa: S608 (constants only)
+    f"SELECT {_VALUES} FROM unnest({_ARRAYS}) AS u({_NAMES})"
+)
+_N = len(_COLUMNS)
+# Parameters after the arrays: the lane as text, the clinic, the lane, the remembered
+# head's seq and hash. One init-plan, evaluated once for the whole statement.
+_GUARDED_INSERT = (
+    f"{_INSERT} WHERE (SELECT current_setting('{LANE_SETTING}', true) = ${_N + 1} "  # noqa: S608
+    f"AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.clinic_id = ${_N + 2} "
+    f"AND a.lane = ${_N + 3} AND a.seq > ${_N + 4}) "
+    f"AND (${_N + 4} = 0 OR EXISTS (SELECT 1 FROM audit_events a WHERE a.clinic_id = ${_N + 2} "
+    f"AND a.lane = ${_N + 3} AND a.seq = ${_N + 4} AND a.row_hash = ${_N + 5})))"
+)
+_LOCKED_LANE = f"SELECT NULLIF(current_setting('{LANE_SETTING}', true), '')::integer"
+_WAIT_LANE = "SELECT pg_advisory_xact_lock($1)"
+_HEAD = (
+    "SELECT seq, row_hash FROM audit_events WHERE clinic_id = $1 AND lane = $2 "
+    "AND seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
+)
+
+
+def postgres_flush(pool: DriverPool, *, lanes: int, clinic_setting: str) -> Flush:
+    """A :data:`~.writer.Flush` for PostgreSQL through ``pool``; the transaction sets
+    ``clinic_setting`` (row-level security checks every row against it)."""
+    mine = reserve_lane(lanes)
+    order = [(mine + i) % lanes for i in range(lanes)]
+    engine_key = id(pool)
+
+    async def flush(clinic_id: uuid.UUID, rows: list[dict[str, Any]]) -> None:
+        if not isinstance(clinic_id, uuid.UUID):
+            raise TypeError("clinic_id must be a uuid.UUID")
+        filled = fill_rows(rows)
+        begin = (
+            f"BEGIN; SELECT set_config('{clinic_setting}', '{clinic_id}', true), "
+            f"{try_lanes_sql(clinic_id, lanes, order)};"
+        )
+        for attempt in range(ATTEMPTS):
+            try:
+                async with pool.transaction(begin) as driver:  # committed before it returns
+                    lane = await _append(driver, engine_key, clinic_id, mine, filled, order)
+            except asyncpg.UniqueViolationError:
+                if attempt == ATTEMPTS - 1:
+                    raise
+                continue
+            last = filled[-1]
+            remember_head(engine_key, clinic_id, lane, last["seq"], last["row_hash"])
+            return
+
+    return flush
+
+
+async def _append(
+    driver: asyncpg.Connection,
+    engine_key: int,
+    clinic_id: uuid.UUID,
+    mine: int,
+    rows: list[dict[str, Any]],
+    order: list[int],
+) -> int:
+    """Insert ``rows`` on a lane this transaction holds; return the lane."""
+    head = remembered_head(engine_key, clinic_id, mine)
+    if head is not None:
+        _seal(rows, mine, head)
+        guard = (str(mine), clinic_id, mine, head[0], head[1])
+        status = await driver.execute(_GUARDED_INSERT, *_arrays(rows), *guard)
+        if status == f"INSERT 0 {len(rows)}":
+            return mine
+    lane = await driver.fetchval(_LOCKED_LANE)
+    if lane is None:  # every lane was busy at BEGIN: queue for this process's own
+        lane = mine
+        await driver.execute(_WAIT_LANE, lane_keys(clinic_id, len(order))[lane])
+    found = await driver.fetchrow(_HEAD, clinic_id, lane)
+    _seal(rows, lane, None if found is None else (found["seq"], found["row_hash"]))
+    await driver.execute(_INSERT, *_arrays(rows))
+    return int(lane)
+
+
+def _seal(rows: list[dict[str, Any]], lane: int, head: tuple[int, str | None] | None) -> None:
+    seq = 0 if head is None else int(head[0])
+    prev = GENESIS_HASH if head is None else (head[1] or GENESIS_HASH)
+    for row in rows:
+        seq += 1
+        row["lane"] = lane
+        row["seq"] = seq
+        row["prev_hash"] = prev
+        row["row_hash"] = prev = row_hash(row)
+
+
+def _arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    arrays: list[list[Any]] = []
+    for name, _ in _COLUMNS:
+        if name == "phi_fields":
+            arrays.append([json.dumps(list(row[name])) for row in rows])
+        else:
+            arrays.append([row[name] for row in rows])
+    return arrays
+
+
+def session_flush(sessions: async_sessionmaker[AsyncSession]) -> Flush:
+    """A :data:`~.writer.Flush` through write sessions (SQLite: ``BEGIN IMMEDIATE``)."""
+
+    async def flush(_clinic_id: uuid.UUID, rows: list[dict[str, Any]]) -> None:
+        async with sessions() as session, session.begin():
+            await append_rows(session, rows)
+
+    return flush
