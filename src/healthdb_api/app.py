@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from healthdb import Role
+from healthdb import DatabaseService, HealthdbError, Role
 from healthdb.contrib.fastapi import admin_router, database_lifespan, health_router, metrics_router
 from healthdb.migrate import upgrade
 from healthdb_api import errors
+from healthdb_api.access import AccessLog, configure_access_log
 from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
-from healthdb_api.auth.tokens import TokenConfig
+from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
 from healthdb_api.deps import require_roles
 from healthdb_api.limits import BodySizeLimit
 from healthdb_api.routes import appointments, audit, patients, users
@@ -45,7 +45,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 if throttle is not None:
                     await throttle.close()
 
-    app = FastAPI(title="healthdb reference service", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks look up the global providers on every request;
+    # the service reports through its Prometheus metrics and access log instead.
+    app = FastAPI(
+        title="healthdb reference service",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.state.token_config = TokenConfig(
         secret=settings.resolved_jwt_secret(),
@@ -53,11 +60,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         audience=settings.jwt_audience,
         access_ttl=settings.access_token_ttl,
     )
+    app.state.verified_tokens = VerifiedTokens(app.state.token_config)
     errors.install(app)
     # Inside the size limit (added first = innermost): it scans bodies already bounded.
     app.add_middleware(SuspiciousInputMonitor)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.middleware("http")(_request_id)
+    app.add_middleware(AccessLog)  # outermost: ids and times everything below
     app.include_router(health_router())
     app.include_router(metrics_router())
     app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
@@ -67,6 +75,31 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(appointments.router)
     app.include_router(audit.router)
     return app
+
+
+def configured_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The app as ``healthdb serve`` runs it, logging configured (JSON or console, SQL only
+    at DEBUG or with ``HEALTHDB_ECHO_SQL``, one access line per request). Also the factory
+    each worker process of ``healthdb serve --workers N`` calls."""
+    from healthdb.logging import configure
+
+    settings = settings or ApiSettings()
+    configure(level=settings.log_level, json=settings.log_json, echo_sql=settings.echo_sql)
+    configure_access_log(json_lines=settings.log_json)
+    return create_app(settings)
+
+
+async def preflight(settings: ApiSettings) -> HealthdbError | None:
+    """What would make the service refuse to start (an unsafe database role, missing keys,
+    an unreachable database), checked once before worker processes are started; an
+    embedded database is migrated here, once, instead of by every worker."""
+    try:
+        if settings.auto_migrate and not settings.is_postgres:
+            await upgrade(settings.admin_url)
+        async with DatabaseService.connect(settings):
+            return None
+    except HealthdbError as exc:
+        return exc
 
 
 def _login_throttle(settings: ApiSettings) -> RedisLoginThrottle | None:
@@ -82,12 +115,3 @@ def _login_throttle(settings: ApiSettings) -> RedisLoginThrottle | None:
     return RedisLoginThrottle(
         client, fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
     )
-
-
-async def _request_id(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    request.state.request_id = uuid.uuid4().hex
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request.state.request_id
-    return response

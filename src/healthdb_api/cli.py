@@ -48,30 +48,41 @@ app.registered_groups.extend(library_cli.app.registered_groups)
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="worker processes (one per core is typical)")
+    ] = 1,
 ) -> None:
     """Run the HTTP service (configured by HEALTHDB_* variables; SQLite by default)."""
     import uvicorn
 
-    from healthdb.logging import configure
-    from healthdb_api.app import create_app
+    from healthdb_api.app import configured_app, preflight
 
     settings = ApiSettings()
-    configure(level=settings.log_level, json=settings.log_json)
-    application = create_app(settings)
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": _UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
+        # Request lines carry query strings (patient searches): the service's own access log
+        # (route templates, never values) replaces uvicorn's.
+        "access_log": False,
+        # Keep the handlers `configure` installed: uvicorn's lines get the same renderer.
+        "log_config": None,
+        "server_header": False,
+        "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout)),
+    }
     _exit_zero_after_graceful_shutdown()
+    if workers > 1:
+        # Each worker builds its own app (and pools, and audit writer); the checks that would
+        # refuse to start run once here, so a refusal is one clear line, not a restart loop.
+        error = asyncio.run(preflight(settings))
+        if error is not None:
+            console.print(f"healthdb serve: refusing to start: {error}", markup=False)
+            raise typer.Exit(3)
+        uvicorn.run("healthdb_api.app:configured_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+        return
+    application = configured_app(settings)
     try:
-        uvicorn.run(
-            application,
-            host=host,
-            port=port,
-            log_level=_UVICORN_LEVELS.get(settings.log_level.lower(), settings.log_level.lower()),
-            # Request lines carry query strings (patient searches): keep them out of the logs.
-            access_log=False,
-            # Keep the handlers `configure` installed: uvicorn's lines get the same renderer.
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_timeout)),
-        )
+        uvicorn.run(application, **options)  # type: ignore[arg-type]
     finally:
         # A refused start-up (e.g. an unsafe database role) exits non-zero through uvicorn;
         # end with one clear line naming the reason, not only a traceback.

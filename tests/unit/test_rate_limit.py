@@ -116,11 +116,15 @@ class FlakyStore:
         self.calls = 0
         self._inner = LocalGcra(clock=clock)
 
-    async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> Decision:
+    async def acquire(
+        self, key: str, *, rate_per_second: float, burst: int, quantity: int = 1
+    ) -> Decision:
         self.calls += 1
         if self.down:
             raise RedisConnectionError("connection refused")
-        return await self._inner.acquire(key, rate_per_second=rate_per_second, burst=burst)
+        return await self._inner.acquire(
+            key, rate_per_second=rate_per_second, burst=burst, quantity=quantity
+        )
 
 
 async def test_over_budget_raises_with_retry_after_and_logs_the_clinic_only() -> None:
@@ -239,3 +243,97 @@ async def test_concurrent_requests_share_one_override_lookup() -> None:
     release.set()
     assert await asyncio.gather(*waiting) == [120] * 20
     assert loads == 1
+
+
+class CountingStore:
+    """A shared store (one GCRA, as Redis would hold) that counts its calls."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.calls = 0
+        self.asked: list[int] = []
+        self._inner = LocalGcra(clock=clock)
+
+    async def acquire(
+        self, key: str, *, rate_per_second: float, burst: int, quantity: int = 1
+    ) -> Decision:
+        self.calls += 1
+        self.asked.append(quantity)
+        return await self._inner.acquire(
+            key, rate_per_second=rate_per_second, burst=burst, quantity=quantity
+        )
+
+
+async def test_a_busy_clinic_is_charged_in_leases_not_per_request() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    limiter = ClinicRateLimiter(
+        per_minute=600_000, burst=400, store=store, clock=clock, max_lease=32
+    )
+    clinic = uuid.uuid4()
+    for _ in range(2000):  # one second's worth of a busy clinic: its rate is learnt
+        clock.now += 0.0005
+        await limiter.check(clinic)
+    calls = store.calls
+    for _ in range(2000):
+        clock.now += 0.0005
+        await limiter.check(clinic)
+    assert store.calls - calls <= 2000 / 32 + 2
+    assert max(store.asked) == 32
+
+
+async def test_a_quiet_clinic_is_charged_one_request_at_a_time() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    limiter = ClinicRateLimiter(per_minute=600, burst=100, store=store, clock=clock)
+    clinic = uuid.uuid4()
+    for _ in range(20):
+        clock.now += 1.5
+        await limiter.check(clinic)
+    assert set(store.asked) == {1}
+
+
+@given(
+    per_minute=st.integers(60, 6000),
+    burst=st.integers(4, 200),
+    gaps=st.lists(st.floats(0.0, 0.05), min_size=50, max_size=400),
+)
+@settings(max_examples=60, deadline=None)
+async def test_leases_never_admit_more_than_the_shared_budget(
+    per_minute: int, burst: int, gaps: list[float]
+) -> None:
+    """Two processes (limiters) share one store: whatever the arrival pattern, together
+    they admit no more than GCRA allows over the whole span."""
+    clock = FakeClock()
+    store = CountingStore(clock)
+    limiters = [
+        ClinicRateLimiter(per_minute=per_minute, burst=burst, store=store, clock=clock)
+        for _ in range(2)
+    ]
+    clinic = uuid.uuid4()
+    admitted = 0
+    start = clock.now
+    for i, gap in enumerate(gaps):
+        clock.now += gap
+        try:
+            await limiters[i % 2].check(clinic)
+        except RateLimited:
+            continue
+        admitted += 1
+    span = clock.now - start
+    assert admitted <= burst + per_minute / 60 * span + 1
+
+
+async def test_an_unused_lease_expires() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    limiter = ClinicRateLimiter(
+        per_minute=600_000, burst=400, store=store, clock=clock, lease_ttl=1.0
+    )
+    clinic = uuid.uuid4()
+    for _ in range(3000):
+        clock.now += 0.0004
+        await limiter.check(clinic)
+    calls = store.calls
+    clock.now += 1.5  # the lease left over has expired: the next request asks Redis
+    await limiter.check(clinic)
+    assert store.calls == calls + 1

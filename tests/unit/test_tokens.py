@@ -21,6 +21,7 @@ from healthdb_api.auth.tokens import (
     Claims,
     InvalidToken,
     TokenConfig,
+    VerifiedTokens,
     decode_access,
     issue_access,
 )
@@ -179,3 +180,54 @@ def test_unknown_role_fails_closed_to_least_privilege() -> None:
 def test_garbage_and_refresh_tokens_are_not_access_tokens(token: str) -> None:
     with pytest.raises(InvalidToken):
         decode_access(CONFIG, token)
+
+
+class CountingDecode:
+    """Counts the full verifications (PyJWT's decode) behind :class:`VerifiedTokens`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def decode(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", decode)
+
+
+def test_a_verified_token_is_answered_from_memory_inside_its_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counting = CountingDecode(monkeypatch)
+    now = [dt.datetime.now(dt.UTC).timestamp()]
+    tokens = VerifiedTokens(CONFIG, clock=lambda: now[0])
+    token = issue_access(CONFIG, CLAIMS)
+    assert tokens.decode(token) == CLAIMS
+    assert tokens.decode(token) == CLAIMS
+    assert counting.calls == 1
+    now[0] += CONFIG.access_ttl + 1  # past exp: verified again, never answered from memory
+    tokens.decode(token)
+    assert counting.calls == 2
+
+
+def test_memory_never_accepts_what_verification_refuses() -> None:
+    tokens = VerifiedTokens(CONFIG)
+    token = issue_access(CONFIG, CLAIMS)
+    tokens.decode(token)
+    header, payload, signature = token.split(".")
+    for forged in (f"{header}.{payload}.{signature[:-2]}AA", token + "x", token.upper()):
+        with pytest.raises(InvalidToken):
+            tokens.decode(forged)
+    expired = issue_access(CONFIG, CLAIMS, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    with pytest.raises(InvalidToken):
+        tokens.decode(expired)
+
+
+def test_memory_is_bounded() -> None:
+    tokens = VerifiedTokens(CONFIG, size=3)
+    issued = [issue_access(CONFIG, CLAIMS) for _ in range(5)]
+    for token in issued:
+        tokens.decode(token)
+    assert len(tokens._seen) == 3
+    assert list(tokens._seen) == issued[2:]

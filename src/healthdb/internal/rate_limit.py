@@ -18,6 +18,15 @@ of keys. :class:`ClinicRateLimiter` charges clinics against Redis while it answe
 falls back to the local limiter when it does not — the local budget is **per process**, so
 while Redis is down N processes admit up to N times the budget. It probes Redis again every
 ``probe_interval`` seconds and switches back as soon as a call succeeds.
+
+**Leases.** A round trip to Redis per request cost as much CPU as the rest of a cached
+request. A busy clinic's requests are therefore charged to Redis in small batches: one
+script call charges ``quantity`` requests at once (granting as many of them as conform now,
+:data:`GCRA_LUA`), and this process then admits exactly that many, within ``lease_ttl``
+seconds. Every admitted request was charged in Redis before it was admitted, so leases never
+over-admit across processes; what they can do is waste the unused rest of a lease when it
+expires (at most ``max_lease`` requests per process and clinic, sized from the clinic's
+recent rate in this process, so a quiet clinic is charged one request at a time).
 """
 
 from __future__ import annotations
@@ -47,16 +56,21 @@ V = TypeVar("V")
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict for one request; ``retry_after`` (seconds) is 0 when allowed."""
+    """The verdict for one request; ``retry_after`` (seconds) is 0 when allowed.
+    ``granted``: how many of the requests asked for were charged (0 when refused)."""
 
     allowed: bool
     retry_after: float = 0.0
+    granted: int = 1
 
 
 class RateLimitStore(Protocol):
-    """Where GCRA state lives. Each call charges one request to ``key`` if it conforms."""
+    """Where GCRA state lives. Each call charges up to ``quantity`` requests to ``key``: as
+    many as conform now (at least one, or the call is refused)."""
 
-    async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> Decision: ...
+    async def acquire(
+        self, key: str, *, rate_per_second: float, burst: int, quantity: int = 1
+    ) -> Decision: ...
 
 
 def gcra_params(rate_per_second: float, burst: int) -> tuple[int, int]:
@@ -83,23 +97,26 @@ class LocalGcra:
     def __len__(self) -> int:
         return len(self._tat)
 
-    async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> Decision:
+    async def acquire(
+        self, key: str, *, rate_per_second: float, burst: int, quantity: int = 1
+    ) -> Decision:
         interval, tolerance = gcra_params(rate_per_second, burst)
         now = round(self._clock() * MICROS)
         tat = max(self._tat.get(key, now), now)
         allow_at = tat - tolerance
         if now < allow_at:
             self._tat.move_to_end(key)
-            return Decision(False, (allow_at - now) / MICROS)
-        self._tat[key] = tat + interval
+            return Decision(False, (allow_at - now) / MICROS, 0)
+        granted = min(quantity, (now - allow_at) // interval + 1)
+        self._tat[key] = tat + granted * interval
         self._tat.move_to_end(key)
         while len(self._tat) > self._max_keys:
             self._tat.popitem(last=False)
-        return Decision(True)
+        return Decision(True, 0.0, granted)
 
 
-# KEYS[1] = key; ARGV = interval µs, tolerance µs, now µs ("" = use the server clock).
-# Returns {allowed (0|1), microseconds until the next request conforms}.
+# KEYS[1] = key; ARGV = interval µs, tolerance µs, now µs ("" = use the server clock),
+# quantity. Returns {granted (0 = refused), microseconds until a request conforms}.
 GCRA_LUA = """
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
@@ -110,16 +127,18 @@ if ARGV[3] == '' then
 else
   now = tonumber(ARGV[3])
 end
+local quantity = tonumber(ARGV[4] or '1') or 1
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tat < now then tat = now end
 local allow_at = tat - tolerance
 if now < allow_at then
   return {0, allow_at - now}
 end
-local new_tat = tat + interval
+local granted = math.min(quantity, math.floor((now - allow_at) / interval) + 1)
+local new_tat = tat + granted * interval
 local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
-return {1, 0}
+return {granted, 0}
 """
 
 
@@ -144,20 +163,34 @@ class RedisGcra:
         self._clock = clock
         self._script = client.register_script(GCRA_LUA)
 
-    async def acquire(self, key: str, *, rate_per_second: float, burst: int) -> Decision:
+    async def acquire(
+        self, key: str, *, rate_per_second: float, burst: int, quantity: int = 1
+    ) -> Decision:
         interval, tolerance = gcra_params(rate_per_second, burst)
         now = "" if self._clock is None else str(round(self._clock() * MICROS))
         async with asyncio.timeout(self._timeout):
-            allowed, wait = await self._script(
-                keys=[self._prefix + key], args=[interval, tolerance, now]
+            granted, wait = await self._script(
+                keys=[self._prefix + key], args=[interval, tolerance, now, quantity]
             )
-        return Decision(bool(allowed), int(wait) / MICROS)
+        return Decision(bool(granted), int(wait) / MICROS, int(granted))
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 OverrideLoader = Callable[[uuid.UUID], Awaitable[int | None]]
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Requests of one clinic already charged in Redis, not yet admitted here."""
+
+    remaining: int = 0
+    expires: float = 0.0
+    window: float = 0.0  # start of the current one-second count
+    count: int = 0  # requests seen in that second
+    rate: float = 0.0  # requests per second in the last full second
+    refill: asyncio.Future[None] | None = None
 
 
 class ClinicRateLimiter:
@@ -182,6 +215,8 @@ class ClinicRateLimiter:
         on_limited: Callable[[str], object] = lambda _backend: None,
         on_switch: Callable[[str], object] = lambda _backend: None,
         clock: Clock = time.monotonic,
+        max_lease: int = 32,
+        lease_ttl: float = 1.0,
     ) -> None:
         gcra_params(per_minute / 60, burst)  # validate early
         self.per_minute = per_minute
@@ -200,6 +235,10 @@ class ClinicRateLimiter:
         self._overrides: OrderedDict[uuid.UUID, tuple[float, int | None]] = OrderedDict()
         self._refused_until: OrderedDict[uuid.UUID, float] = OrderedDict()
         self._loading: dict[uuid.UUID, asyncio.Future[int | None]] = {}
+        # A lease never exceeds a quarter of the burst: the rest stays for other processes.
+        self._max_lease = max(1, min(max_lease, burst // 4))
+        self._lease_ttl = lease_ttl
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
 
     @property
     def backend(self) -> str:
@@ -231,7 +270,7 @@ class ClinicRateLimiter:
         key = str(clinic_id)
         if self.store is not None and self._redis_due():
             try:
-                decision = await self.store.acquire(key, rate_per_second=rate, burst=self.burst)
+                decision = await self._leased(self.store, key, rate)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._degrade(exc)
             else:
@@ -239,6 +278,47 @@ class ClinicRateLimiter:
                 return decision, "redis"
         decision = await self.local.acquire(key, rate_per_second=rate, burst=self.burst)
         return decision, "local"
+
+    async def _leased(self, store: RateLimitStore, key: str, rate: float) -> Decision:
+        """Admit from this process's lease of ``key``, refilling it from ``store``."""
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = _Lease()
+            self._remember(self._leases, key, lease)
+        now = self._clock()
+        if now - lease.window >= 1.0:
+            lease.rate = lease.count / max(now - lease.window, 1.0) if lease.window else 0.0
+            lease.window, lease.count = now, 0
+        lease.count += 1
+        for _ in range(8):  # other waiters may take a refill before this one gets to it
+            if lease.remaining > 0 and now < lease.expires:
+                lease.remaining -= 1
+                return Decision(True)
+            if lease.refill is None:
+                return await self._refill(store, key, rate, lease, now)
+            await asyncio.shield(lease.refill)
+            now = self._clock()
+        return await self._refill(store, key, rate, lease, now)
+
+    async def _refill(
+        self, store: RateLimitStore, key: str, rate: float, lease: _Lease, now: float
+    ) -> Decision:
+        # Sized for the next twentieth of a second at the clinic's recent rate here.
+        size = max(1, min(self._max_lease, math.ceil(lease.rate / 20)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lease.refill = done
+        try:
+            decision = await store.acquire(
+                key, rate_per_second=rate, burst=self.burst, quantity=size
+            )
+        finally:
+            lease.refill = None
+            done.set_result(None)
+        if decision.allowed:
+            # This request takes one; the rest may be admitted here until the lease expires.
+            lease.remaining = decision.granted - 1
+            lease.expires = now + self._lease_ttl
+        return decision
 
     def over_budget(self, clinic_id: uuid.UUID) -> bool:
         """Whether this process refused the clinic recently and its wait has not elapsed."""

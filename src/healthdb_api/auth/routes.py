@@ -85,8 +85,16 @@ def get_throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
-SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
-Throttle = Annotated[LoginThrottle, Depends(get_throttle)]
+async def _settings_dependency(request: Request) -> ApiSettings:
+    return get_settings(request)  # async: FastAPI runs a plain def in a worker thread
+
+
+async def _throttle_dependency(request: Request) -> LoginThrottle:
+    return get_throttle(request)
+
+
+SettingsDep = Annotated[ApiSettings, Depends(_settings_dependency)]
+Throttle = Annotated[LoginThrottle, Depends(_throttle_dependency)]
 Tokens = Annotated[TokenConfig, Depends(token_config)]
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 import unicodedata
 from typing import Any, NoReturn
 
+from fastapi import Response
+from pydantic import TypeAdapter
+
 from healthdb import Role
 from healthdb.models import Patient
 from healthdb.phi import Visibility, phi_fields, visibility
 from healthdb.phi.masking import may_write
+from healthdb.repositories import Page, PatientRecord
 from healthdb_api.deps import Principal
 from healthdb_api.errors import ApiError
 from healthdb_api.schemas import PatientOut
@@ -27,7 +31,9 @@ __all__ = [
     "etag",
     "exported_fields",
     "not_found",
+    "page_json",
     "parse_if_match",
+    "patient_json",
     "present",
     "refuse_masked",
     "search_term",
@@ -72,10 +78,30 @@ def parse_if_match(value: str | None) -> int | None:
     return int(tag)
 
 
-def present(patient: Patient) -> PatientOut:
+def present(patient: Patient | PatientRecord) -> PatientOut:
     """The response body. The library has already masked ``patient`` for the scope's role
-    (after commit), so this only changes the shape."""
+    (after commit, or as it read the record), so this only changes the shape."""
     return PatientOut.model_validate(patient)
+
+
+#: Records serialise straight to the JSON of :class:`PatientOut` (same fields, same order,
+#: same types; a unit test holds them together): no model is built per response.
+_RECORD = TypeAdapter(PatientRecord)
+_PAGE = TypeAdapter(Page[PatientRecord])
+
+
+def patient_json(record: PatientRecord) -> Response:
+    """``record`` as the body of a 200, with its ``ETag``."""
+    return Response(
+        _RECORD.dump_json(record),
+        media_type="application/json",
+        headers={"ETag": etag(record.version)},
+    )
+
+
+def page_json(page: Page[PatientRecord]) -> Response:
+    """A page of records as the body of :class:`~healthdb_api.schemas.PatientPage`."""
+    return Response(_PAGE.dump_json(page), media_type="application/json")
 
 
 def check_writable(principal: Principal, fields: dict[str, Any]) -> None:

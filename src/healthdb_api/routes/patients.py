@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb import ConflictError, NotFound, QueryOptions, Role, audit_log
 from healthdb.models import Patient
 from healthdb.phi import PhiKind, Visibility, visibility
-from healthdb.repositories import MAX_LIMIT, PatientRepository
+from healthdb.repositories import MAX_LIMIT, PatientRepository, patient_views
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
 from healthdb.repositories.patients import MAX_NAME_PREFIX
 from healthdb_api.deps import CurrentPrincipal, Db, Principal, require_roles, scope
@@ -42,6 +42,8 @@ from healthdb_api.routes.patient_rules import (
     duplicate_mrn,
     exported_fields,
     not_found,
+    page_json,
+    patient_json,
     present,
     refuse_masked,
     search_term,
@@ -132,18 +134,14 @@ async def export_patients(
 
 
 @router.get("/{patient_id}", response_model=PatientOut, responses={404: {}})
-async def get_patient(
-    patient_id: uuid.UUID, principal: CurrentPrincipal, db: Db, response: Response
-) -> PatientOut:
-    async def op(session: AsyncSession) -> Patient | None:
-        return await PatientRepository(session).get(patient_id)
-
+async def get_patient(patient_id: uuid.UUID, principal: CurrentPrincipal, db: Db) -> Response:
     async with scope(db, principal, purpose=PURPOSE):
-        patient = await db.execute_read(op, QueryOptions.for_phi("patients.get"))
+        patient = await db.execute_read(
+            patient_views.by_id(patient_id), QueryOptions.for_phi("patients.get")
+        )
     if patient is None:
         raise not_found()
-    response.headers["ETag"] = etag(patient.version)
-    return present(patient)
+    return patient_json(patient)
 
 
 @router.get("", response_model=PatientPage)
@@ -169,7 +167,7 @@ async def list_patients(
             description="refused: an SSN never travels in a URL (use POST /ssn-lookup)",
         ),
     ] = None,
-) -> PatientPage:
+) -> Response:
     if ssn is not None:
         ssn_in_url()
     field = sort.removeprefix("-")
@@ -192,20 +190,18 @@ async def list_patients(
     search_name = search_term(name, "name")
     search_mrn = search_term(mrn, "mrn")
 
-    async def op(session: AsyncSession) -> Page[Patient]:
-        return await PatientRepository(session).search(
-            name=search_name,
-            mrn=search_mrn,
-            date_of_birth=date_of_birth,
-            cursor=cursor,
-            limit=limit,
-            sort=field,
-            descending=sort.startswith("-"),
-        )
-
+    read = patient_views.search(
+        name=search_name,
+        mrn=search_mrn,
+        date_of_birth=date_of_birth,
+        cursor=cursor,
+        limit=limit,
+        sort=field,
+        descending=sort.startswith("-"),
+    )
     async with scope(db, principal, purpose=PURPOSE):
-        page = await db.execute_read(op, QueryOptions.for_phi("patients.search"))
-    return PatientPage(items=[present(p) for p in page.items], next_cursor=page.next_cursor)
+        page = await db.execute_read(read, QueryOptions.for_phi("patients.search"))
+    return page_json(page)
 
 
 @router.post("/ssn-lookup", response_model=PatientPage, responses={403: {}})
