@@ -6,14 +6,16 @@
 Paths:
   (a) raw asyncpg ``pool.fetchrow`` (the baseline every ratio is against);
   (b) plain SQLAlchemy ORM ``AsyncSession.get``;
-  (c) ``db.execute_read`` through the full middleware chain: a PHI read, so it is audited
-      (read-only transaction, then the audit row in a write transaction);
+  (c) ``db.execute_read(lambda s: s.get(Patient, pid), QueryOptions.for_phi())``: the ORM
+      path, audited (read-only transaction, audit row through the group-commit writer);
   (d) ``db.execute_read`` with ``.cached(keys.for_patient(...))`` of a non-PHI column (the
       row's version), served from the cache — PHI itself is never cached;
   (e) plain ORM in a transaction with ``set_config('app.clinic_id', ..., true)`` (naive RLS);
-  (f) ``db.execute_read(..., QueryOptions.for_phi())``: one writable transaction holding the
-      read and its audit row;
-  (g) (f) with the PHI access recorder detached (bench only): the audit cost is f/g.
+  (f) ``db.execute_read(patient_views.by_id(pid), QueryOptions.for_phi())``: the library's
+      read path for PHI (a view: Core, no ORM), masked and audited through the group-commit
+      writer before it returns;
+  (g) (f) with the audit writer replaced by one that writes nothing (bench only): the
+      audit cost is f/g.
 
 Every figure is measured in this run, on a throwaway database that is dropped at the end.
 After each timed run, a short sequential pass counts round trips per read: SQLAlchemy cursor
@@ -60,6 +62,7 @@ from healthdb import BatchResult, DatabaseService, QueryOptions, Settings, keys
 from healthdb.migrate import upgrade
 from healthdb.models import Clinic, Patient
 from healthdb.phi.crypto import Keyring, using_keyring
+from healthdb.repositories import patient_views
 
 ReadOp = Callable[[uuid.UUID], Awaitable[object]]
 QueryLogger = Callable[[Any], None]
@@ -229,6 +232,10 @@ def facade_targets(db: DatabaseService, clinic_id: uuid.UUID, pool_size: int) ->
 
         return read
 
+    async def view_read(pid: uuid.UUID) -> object:
+        async with db.clinic(clinic_id, role="doctor", purpose="bench"):
+            return await db.execute_read(patient_views.by_id(pid), phi)
+
     async def version(session: AsyncSession, pid: uuid.UUID) -> int | None:
         stmt = select(Patient.version).where(Patient.id == pid)
         found: int | None = (await session.execute(stmt)).scalar_one_or_none()
@@ -246,49 +253,68 @@ def facade_targets(db: DatabaseService, clinic_id: uuid.UUID, pool_size: int) ->
     def counts() -> tuple[int, int]:
         return db.cache.store.hits, db.cache.store.misses
 
+    writer = db.audit_writer
+
     async def audit_off(_ids: Sequence[uuid.UUID]) -> None:
-        set_phi_recording(on=False)
+        db.audit_writer = NoAudit()  # type: ignore[assignment]  # bench only
+
+    def audit_on() -> None:
+        db.audit_writer = writer
 
     engine = db.engines.primary
-    tap = sqlalchemy_tap(engine, pool_size)
+    tap = both_taps(sqlalchemy_tap(engine, pool_size), driver_tap(db, pool_size))
     phi = QueryOptions.for_phi("bench.phi")
     return [
-        Target(
-            "c",
-            "db.execute_read, audited (read txn + audit txn)",
-            read_with(QueryOptions.for_read()),
-            tap,
-            engine,
-        ),
+        Target("c", "ORM session.get, for_phi, audited", read_with(phi), tap, engine),
         Target("d", "db.execute_read .cached() non-PHI (hit)", cached, tap, engine, fill, counts),
-        Target("f", "db.execute_read for_phi, audited (one txn)", read_with(phi), tap, engine),
+        Target("f", "view by_id, for_phi, audited", view_read, tap, engine),
         Target(
             "g",
-            "db.execute_read for_phi, audit recording off",
-            read_with(phi),
+            "view by_id, for_phi, audit writer off",
+            view_read,
             tap,
             engine,
             audit_off,
-            restore=lambda: set_phi_recording(on=True),
+            restore=audit_on,
         ),
     ]
 
 
-def set_phi_recording(*, on: bool) -> None:
-    """Bench only: attach or detach the PHI access recorder, so (g) is (f) without audit."""
-    from healthdb.internal import phi_access
-    from healthdb.internal.isolation import TenantSession
+class NoAudit:
+    """Bench only: an audit writer that writes nothing, so (g) is (f) without the audit."""
 
-    listeners = (
-        ("loaded_as_persistent", phi_access._on_load),
-        ("do_orm_execute", phi_access._on_select),
-        ("after_flush", phi_access._after_flush),
-    )
-    for name, listener in listeners:
-        if on and not event.contains(TenantSession, name, listener):
-            event.listen(TenantSession, name, listener)
-        elif not on and event.contains(TenantSession, name, listener):
-            event.remove(TenantSession, name, listener)
+    async def write(self, rows: list[dict[str, Any]]) -> None:
+        return None
+
+    async def close(self, drain_seconds: float) -> None:
+        return None
+
+
+def driver_tap(db: DatabaseService, pool_size: int) -> WireTap:
+    """Check out every connection of the facade's driver pool once and attach the logger."""
+
+    async def attach(callback: QueryLogger) -> Detach:
+        pool = db.engines.driver
+        if pool is None:
+            return lambda: None
+        async with AsyncExitStack() as stack:
+            conns = [await stack.enter_async_context(pool.connection()) for _ in range(pool_size)]
+        return _attach_all(conns, callback)
+
+    return attach
+
+
+def both_taps(*taps: WireTap) -> WireTap:
+    async def attach(callback: QueryLogger) -> Detach:
+        detaches = [await tap(callback) for tap in taps]
+
+        def detach() -> None:
+            for undo in detaches:
+                undo()
+
+        return detach
+
+    return attach
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -336,6 +362,11 @@ def classify(sql: str) -> str:
         return "';' (pre-ping)"
     if upper.startswith("SELECT PG_ADVISORY_UNLOCK_ALL"):
         return "asyncpg pool reset"
+    if upper.startswith("COMMIT; BEGIN") and "SET_CONFIG" in upper:
+        # The previous read-only transaction's deferred COMMIT, sent with this BEGIN.
+        return "COMMIT; " + upper.split(";")[1].strip() + "; set_config"
+    if upper.startswith("INSERT INTO AUDIT_EVENTS"):
+        return "INSERT audit rows (group commit, shared)"
     if upper.startswith("BEGIN") and "SET_CONFIG" in upper:
         # One message: BEGIN with the transaction-local settings (and the audit lane lock).
         lock = " + lane lock" if "PG_TRY_ADVISORY_XACT_LOCK" in upper else ""
