@@ -367,6 +367,17 @@ async def seed(
     return Seeded(clinic_id, email, sorted(found), staff)
 
 
+async def analyze(owner: str) -> None:
+    """Refresh the planner's statistics after the bulk load, as an operator (or autovacuum,
+    eventually) would: with none, the planner picks a clinic-wide index scan over the
+    primary key for a by-id read (measured: 0.8 ms instead of 0.04 ms per read)."""
+    conn = await asyncpg.connect(asyncpg_dsn(owner))
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 async def versions_of(owner: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
     conn = await asyncpg.connect(asyncpg_dsn(owner))
     try:
@@ -586,6 +597,7 @@ def _run(args: argparse.Namespace, names: list[str], owner: str, runtime: str) -
         tmp_path = Path(tmp)
         env = service_env(runtime, owner, tmp_path / "data", args.workers)
         seeded = asyncio.run(seed(owner, runtime, env, args.patients, args.clinicians))
+        asyncio.run(analyze(owner))
         service_port, bare_port = free_port(), free_port()
         healthdb_bin = str(Path(sys.executable).with_name("healthdb"))
         serve = [healthdb_bin, "serve", "--port", str(service_port)]

@@ -459,6 +459,16 @@ async def seed(db: DatabaseService, rows: int) -> tuple[uuid.UUID, list[uuid.UUI
     return clinic_id, ids
 
 
+async def analyze(owner_url: str) -> None:
+    """Planner statistics after the bulk load (as autovacuum would, eventually): with none,
+    a by-id read that also names the clinic may scan the clinic's index instead of the key."""
+    conn = await asyncpg.connect(asyncpg_dsn(owner_url))
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
 def facade_settings(url: str, args: argparse.Namespace) -> Settings:
     return Settings(
         database_url=url,
@@ -507,6 +517,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             settings = facade_settings(runtime, args)
             async with DatabaseService.connect(settings) as db:
                 clinic_id, ids = await seed(db, args.rows)
+                await analyze(url)
                 print(f"seeded 1 clinic, {len(ids)} patients; measuring...", flush=True)
                 results = await run_paths(url, runtime, db, clinic_id, ids, args)
         pg = await postgres_version(url)

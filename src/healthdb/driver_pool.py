@@ -26,8 +26,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import asyncpg
@@ -83,29 +83,21 @@ class DriverPool:
         self._closed = False
         self._sweeper: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+    def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A connection outside any transaction. SQL errors propagate as asyncpg raised them
         (any transaction rolled back); connection failures as :class:`DriverDisconnect`."""
-        async with self._checkout(None) as entry:
-            yield entry.conn
+        return _Checkout(self, None, defer_commit=False)
 
-    @asynccontextmanager
-    async def transaction(
+    def transaction(
         self, begin: str, *, defer_commit: bool = False
-    ) -> AsyncIterator[asyncpg.Connection]:
+    ) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """One transaction: ``begin`` (simple-protocol text starting with ``BEGIN``, with its
         prelude) is sent on entry, ``COMMIT`` on a clean exit, at once or, with
         ``defer_commit`` (read-only transactions only), merged into the connection's next
         ``BEGIN``."""
         if not begin.lstrip().upper().startswith("BEGIN"):
             raise ValueError("a transaction starts with BEGIN")
-        async with self._checkout(begin) as entry:
-            yield entry.conn
-            if defer_commit:
-                entry.pending_since = time.monotonic()
-            else:
-                await entry.conn.execute("COMMIT")
+        return _Checkout(self, begin, defer_commit=defer_commit)
 
     def status(self) -> DriverPoolStatus:
         return DriverPoolStatus(self._size, self._out, len(self._idle))
@@ -123,32 +115,6 @@ class DriverPool:
                 await asyncio.wait_for(conn.close(), 2)
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 conn.terminate()
-
-    @asynccontextmanager
-    async def _checkout(self, begin: str | None) -> AsyncIterator[_Entry]:
-        await self._acquire_slot()
-        self._out += 1
-        entry: _Entry | None = None
-        clean = False
-        try:
-            entry = await self._take()
-            await self._start(entry, begin)
-            yield entry
-            in_transaction = entry.conn.is_in_transaction()
-            clean = in_transaction if entry.pending_since is not None else not in_transaction
-        except asyncpg.PostgresError as exc:
-            if str(exc.sqlstate or "").startswith(_GONE):
-                raise DriverDisconnect("the database ended the connection") from exc
-            clean = entry is not None and await _rolled_back(entry)
-            raise
-        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
-            # The connection, not the SQL, failed (closed under the user, protocol state).
-            raise DriverDisconnect("the database connection failed") from exc
-        finally:
-            self._out -= 1
-            if entry is not None:
-                self._give_back(entry, clean)
-            self._slots.release()
 
     async def _start(self, entry: _Entry, begin: str | None) -> None:
         """End the previous user's deferred COMMIT, in the same message as ``begin``."""
@@ -228,6 +194,83 @@ class DriverPool:
                 return _Entry(await self._connect(), now)
         except TimeoutError:
             raise PoolTimeout("connecting to the database timed out", retry_after=1.0) from None
+
+
+class _Checkout:
+    """One checkout (a class, not a generator: it is entered on every read)."""
+
+    __slots__ = ("_begin", "_defer", "_entry", "_pool")
+
+    def __init__(self, pool: DriverPool, begin: str | None, *, defer_commit: bool) -> None:
+        self._pool = pool
+        self._begin = begin
+        self._defer = defer_commit
+        self._entry: _Entry | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        pool = self._pool
+        await pool._acquire_slot()
+        pool._out += 1
+        try:
+            self._entry = await pool._take()
+            await pool._start(self._entry, self._begin)
+        except BaseException as exc:
+            await self._finish(exc)
+            replacement = _translated(exc)
+            if replacement is exc:
+                raise
+            raise replacement from exc
+        return self._entry.conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None and self._entry is not None and self._begin is not None:
+            try:
+                if self._defer:
+                    self._entry.pending_since = time.monotonic()
+                else:
+                    await self._entry.conn.execute("COMMIT")
+            except BaseException as failed:
+                await self._finish(failed)
+                raise _translated(failed) from failed
+        await self._finish(exc)
+        if exc is not None:
+            replacement = _translated(exc)
+            if replacement is not exc:
+                raise replacement from exc
+
+    async def _finish(self, exc: BaseException | None) -> None:
+        """Give the connection back (clean) or terminate it; free the slot."""
+        pool, entry = self._pool, self._entry
+        self._entry = None
+        try:
+            clean = False
+            if entry is not None:
+                if exc is None:
+                    busy = entry.conn.is_in_transaction()
+                    clean = busy if entry.pending_since is not None else not busy
+                elif isinstance(exc, asyncpg.PostgresError) and _translated(exc) is exc:
+                    clean = await _rolled_back(entry)  # a SQL error: the connection is sound
+        finally:
+            pool._out -= 1
+            if entry is not None:
+                pool._give_back(entry, clean)
+            pool._slots.release()
+
+
+def _translated(exc: BaseException) -> BaseException:
+    """Connection failures become :class:`DriverDisconnect`; anything else is unchanged."""
+    unchanged = exc
+    if isinstance(exc, asyncpg.PostgresError):
+        state: str = exc.sqlstate or ""
+        if state.startswith(_GONE):
+            return DriverDisconnect("the database ended the connection")
+        return unchanged
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError | OSError):
+        # The connection, not the SQL, failed (closed under the user, protocol state).
+        return DriverDisconnect("the database connection failed")
+    return unchanged
 
 
 async def _rolled_back(entry: _Entry) -> bool:

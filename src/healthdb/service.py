@@ -54,6 +54,8 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 log = structlog.get_logger("healthdb")
 MAX_CONCURRENCY = 500
+#: Bulk-insert chunks in flight at once (measured on 2 cores: 10 was slower than 4).
+BULK_CONCURRENCY = 4
 
 
 class DatabaseService:
@@ -484,7 +486,9 @@ class DatabaseService:
                 model,
                 clinic_id=clinic,
                 run_unit=lambda unit: self._run(CallKind.WRITE, unit, options),
-                concurrency=min(concurrency, self.settings.pool_size),
+                # A chunk keeps a core busy (encryption, sealing) while the server takes the
+                # previous one: more chunks at once only queue, on locks and on the CPU.
+                concurrency=min(concurrency, self.settings.pool_size, BULK_CONCURRENCY),
                 chunk_size=_chunk(chunk_size, self.settings.batch_chunk_size),
                 translate=translate,
                 on_progress=on_progress,

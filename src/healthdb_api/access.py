@@ -64,19 +64,27 @@ class AccessLog:
             await self.app(scope, receive, send_with_id)
         finally:
             if _log.isEnabledFor(logging.INFO):
-                _log.info(
-                    "access",
-                    extra={
-                        "access": {
-                            "method": scope.get("method"),
-                            "route": _route(scope),
-                            "status": status,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                            "request_id": request_id,
-                            "clinic_id": state.get("clinic_id"),
-                        }
-                    },
-                )
+                fields = {
+                    "method": scope.get("method"),
+                    "route": _route(scope),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "request_id": request_id,
+                    "clinic_id": state.get("clinic_id"),
+                }
+                batch = _batched()
+                if batch is not None:
+                    batch.add(fields)  # no LogRecord: the line is all there is to it
+                else:
+                    _log.info("access", extra={"access": fields})
+
+
+def _batched() -> BufferedLines | None:
+    """The batching handler :func:`configure_access_log` installed, if it is the only one."""
+    handlers = _log.handlers
+    if len(handlers) == 1 and not _log.propagate and isinstance(handlers[0], BufferedLines):
+        return handlers[0]
+    return None
 
 
 def clinic_of(scope: Scope, clinic_id: uuid.UUID) -> None:
@@ -99,9 +107,12 @@ class AccessFormatter(logging.Formatter):
         self.json_lines = json_lines
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, "access", {})
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        stamp = f"{when}.{int(record.msecs):03d}Z"
+        return self.render(getattr(record, "access", {}), record.created)
+
+    def render(self, fields: dict[str, Any], created: float) -> str:
+        """One line for ``fields`` of a request that ended at ``created`` (epoch seconds)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        stamp = f"{when}.{int(created * 1000) % 1000:03d}Z"
         if self.json_lines:
             line = {"event": "access", "level": "info", "logger": ACCESS_LOGGER}
             return json.dumps({**line, "timestamp": stamp, **fields})
@@ -128,6 +139,14 @@ class BufferedLines(logging.Handler):
             target=self._tick, args=(interval,), name="healthdb-access-log", daemon=True
         )
         self._thread.start()
+
+    def add(self, fields: dict[str, Any]) -> None:
+        """An access line straight from its fields (the formatter must be AccessFormatter)."""
+        formatter = self.formatter
+        if isinstance(formatter, AccessFormatter):
+            self._lines.append(formatter.render(fields, time.time()))
+            if len(self._lines) >= self.capacity:
+                self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

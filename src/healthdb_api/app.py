@@ -66,14 +66,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(SuspiciousInputMonitor)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)  # outermost: ids and times everything below
-    app.include_router(health_router())
-    app.include_router(metrics_router())
-    app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
-    app.include_router(auth_routes.router)
-    app.include_router(users.router)
+    # Routes are matched in order, one by one: the busiest routers come first.
     app.include_router(patients.router)
     app.include_router(appointments.router)
+    app.include_router(auth_routes.router)
+    app.include_router(users.router)
     app.include_router(audit.router)
+    app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
+    app.include_router(health_router())
+    app.include_router(metrics_router())
     return app
 
 

@@ -30,6 +30,10 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
+        if declared is None and not _chunked(scope):
+            # No body announced (a GET, say): nothing to buffer or bound.
+            await self.app(scope, receive, send)
+            return
         if declared == -1:
             await _reject(scope, receive, send, 400, "bad_request", "invalid Content-Length")
             return
@@ -62,6 +66,13 @@ class BodySizeLimit:
             f"request body exceeds {self.max_bytes} bytes",
             {"max_bytes": self.max_bytes},
         )
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(
+        name == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in scope.get("headers", ())
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -110,7 +110,8 @@ class SuspiciousInputMonitor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        findings = list(scan_query(scope.get("query_string", b"")))
+        query = scope.get("query_string", b"")
+        findings = list(scan_query(query)) if query else []
         if scope.get("method") in BODY_METHODS and _is_json(scope):
             body, disconnected = await _read_body(receive)
             if disconnected:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from typing import Any, ClassVar
 
@@ -86,6 +87,21 @@ def is_tenant(entity: object) -> bool:
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def new_ids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs from one read of the OS's randomness: ``uuid4``
+    reads it once per id, a system call each, which a bulk insert felt."""
+    raw = os.urandom(16 * count)
+    return [
+        uuid.UUID(int=(int.from_bytes(raw[i : i + 16]) & _CLEAR) | _VERSION_4)
+        for i in range(0, 16 * count, 16)
+    ]
+
+
+# What uuid.UUID(..., version=4) does to 128 random bits: RFC 4122 variant, version 4.
+_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_VERSION_4 = (0x8000 << 48) | (4 << 76)
 
 
 def tenant_tables() -> tuple[str, ...]:

@@ -84,7 +84,7 @@ def normalise_for_index(value: str) -> str:
     """What the blind index hashes: NFKC, digits and letters only, case-folded, so
     ``123-45-6789`` and ``123 45 6789`` find the same patient."""
     folded = unicodedata.normalize("NFKC", value).casefold()
-    return "".join(ch for ch in folded if ch.isalnum())
+    return "".join(filter(str.isalnum, folded))
 
 
 def index_key_id(key: bytes) -> str:
@@ -106,6 +106,7 @@ class Keyring:
     index_key: bytes
     previous_index_keys: tuple[bytes, ...] = ()
     _ciphers: dict[str, AESGCM] = field(default_factory=dict, compare=False)
+    _ids: dict[bytes, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.active not in self.keys:
@@ -119,6 +120,7 @@ class Keyring:
         for index_key in (self.index_key, *self.previous_index_keys):
             if len(index_key) < 32:
                 raise EncryptionError("a blind-index key must be at least 32 bytes")
+            self._ids[index_key] = index_key_id(index_key)  # a sha256 each: once, not per row
 
     def __repr__(self) -> str:  # keys never reach a log line or a traceback
         return f"Keyring(active={self.active!r}, key_ids={sorted(self.keys)!r})"
@@ -142,7 +144,7 @@ class Keyring:
     @property
     def index_id(self) -> str:
         """:func:`index_key_id` of the current blind-index key."""
-        return index_key_id(self.index_key)
+        return self._ids[self.index_key]
 
     def blind_index(self, value: str) -> str:
         """``<index key id>.<HMAC-SHA256 of the normalised value, hex>``, current key."""
@@ -151,13 +153,13 @@ class Keyring:
     def index_digest(self, value: str, key: bytes | None = None) -> str:
         """The bare HMAC (hex) under ``key`` (default: the current index key)."""
         message = normalise_for_index(value).encode()
-        return hmac.new(key or self.index_key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(key or self.index_key, message, "sha256").hex()
 
     def blind_index_candidates(self, value: str) -> list[str]:
         """Every form ``value``'s index may be stored in while index keys rotate: under the
         current key first, then under each previous key."""
         keys = (self.index_key, *self.previous_index_keys)
-        return [f"{index_key_id(k)}.{self.index_digest(value, k)}" for k in keys]
+        return [f"{self._ids[k]}.{self.index_digest(value, k)}" for k in keys]
 
 
 def key_id_of(token: str) -> str:

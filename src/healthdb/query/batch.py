@@ -22,6 +22,7 @@ from healthdb.execution_options import TRUSTED
 from healthdb.internal import phi_access
 from healthdb.internal.phi_access import Access
 from healthdb.internal.query_cache import written_tags
+from healthdb.models.base import new_id, new_ids
 from healthdb.phi.crypto import EncryptedText, current_keyring, fill_blind_indexes
 from healthdb.phi.declaration import phi_fields
 
@@ -118,6 +119,8 @@ def prepare_rows(
     columns = {c.key: c for c in table.columns}
     prepared: list[dict[str, Any] | None] = []
     failures: list[BatchFailure] = []
+    # Ids drawn in one batch (``new_id`` per row reads the OS's randomness each time).
+    ids = iter(new_ids(len(rows))) if _generates_ids(columns) else iter(())
     for index, row in enumerate(rows):
         problem = _check_row(row, columns, clinic_id)
         if problem:
@@ -130,10 +133,21 @@ def prepare_rows(
         for key, column in columns.items():
             if key not in full and column.default is not None:
                 default: Any = column.default
-                full[key] = default.arg(None) if default.is_callable else default.arg
+                if key == "id" and _generates_ids(columns):
+                    full[key] = next(ids)
+                else:
+                    full[key] = default.arg(None) if default.is_callable else default.arg
         fill_blind_indexes(model, full, current_keyring())
         prepared.append(full)
     return prepared, failures
+
+
+def _generates_ids(columns: Mapping[str, Any]) -> bool:
+    """Whether the model's ``id`` defaults to :func:`~healthdb.models.base.new_id`
+    (SQLAlchemy keeps the function it wraps as ``__wrapped__``)."""
+    default = getattr(columns.get("id"), "default", None)
+    function = getattr(getattr(default, "arg", None), "__wrapped__", None)
+    return function is new_id
 
 
 def _check_row(row: Any, columns: Mapping[str, Any], clinic_id: uuid.UUID | None) -> str | None:

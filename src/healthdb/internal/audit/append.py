@@ -32,6 +32,7 @@ gaps for every row up to the anchored heads.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -63,9 +64,22 @@ from healthdb.internal.audit.lanes import (
     remembered_head,
 )
 from healthdb.models import AuditEvent
-from healthdb.models.base import new_id, utcnow
+from healthdb.models.base import new_id, new_ids, utcnow
 
-__all__ = ["EVENTS", "append", "append_many", "append_rows", "fill_rows"]
+__all__ = [
+    "EVENTS",
+    "UNNEST_COLUMNS",
+    "UNNEST_INSERT",
+    "append",
+    "append_many",
+    "append_rows",
+    "fill_rows",
+    "insert_unnest",
+    "unnest_arrays",
+]
+
+#: From this many rows on, an append goes in as one ``UNNEST_INSERT`` on the driver.
+UNNEST_THRESHOLD = 50
 
 
 async def append(session: AsyncSession, event: AuditEvent) -> AuditEvent:
@@ -146,17 +160,24 @@ async def append_rows(
     if hint is not None and single and await _append_on_hint(conn, filled[0], hint):
         return
     await _chain(conn, filled, lanes, claimed)
-    # Core, on the session's connection: the rows are the library's own, stamped with their
-    # clinic above; row-level security still checks every one (WITH CHECK).
-    await conn.execute(_INSERT, filled)
-    if conn.dialect.name == "postgresql":
-        _remember(conn, filled)
+    # The rows are the library's own, stamped with their clinic above; row-level security
+    # still checks every one (WITH CHECK).
+    if conn.dialect.name != "postgresql":
+        await conn.execute(_INSERT, filled)  # Core, on the session's connection
+        return
+    if len(filled) >= UNNEST_THRESHOLD:  # a bulk insert's rows: one statement, no per-row work
+        raw = await conn.get_raw_connection()
+        await insert_unnest(raw.driver_connection, filled)
+    else:
+        await conn.execute(_INSERT, filled)
+    _remember(conn, filled)
 
 
 def fill_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Complete unsealed audit rows: defaults, an id, and an ``occurred_at`` strictly
     increasing within the call, so time orders a unit's rows as they happened."""
-    filled = [{**_DEFAULTS, **row, "id": row.get("id") or new_id()} for row in rows]
+    ids = iter(new_ids(sum(1 for row in rows if not row.get("id"))))
+    filled = [{**_DEFAULTS, **row, "id": row.get("id") or next(ids)} for row in rows]
     previous: dt.datetime | None = None
     for row in filled:
         if row.get("clinic_id") is None:
@@ -166,6 +187,56 @@ def fill_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             stamp = previous + _TICK
         row["occurred_at"] = previous = stamp
     return filled
+
+
+# (column, element type of its unnest array): every column of audit_events, in order.
+UNNEST_COLUMNS = (
+    ("id", "uuid"),
+    ("clinic_id", "uuid"),
+    ("lane", "smallint"),
+    ("seq", "bigint"),
+    ("occurred_at", "timestamptz"),
+    ("actor_id", "uuid"),
+    ("actor_role", "text"),
+    ("action", "text"),
+    ("resource_type", "text"),
+    ("resource_id", "text"),
+    ("phi_fields", "text"),  # JSON text, cast below
+    ("purpose", "text"),
+    ("outcome", "text"),
+    ("request_id", "text"),
+    ("client_addr", "text"),
+    ("reason", "text"),
+    ("prev_hash", "text"),
+    ("row_hash", "text"),
+)
+_UNNEST_NAMES = ", ".join(name for name, _ in UNNEST_COLUMNS)
+_UNNEST_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(UNNEST_COLUMNS, start=1))
+_UNNEST_VALUES = ", ".join(
+    f"u.{name}::json" if name == "phi_fields" else f"u.{name}" for name, _ in UNNEST_COLUMNS
+)
+UNNEST_INSERT = (
+    f"INSERT INTO audit_events ({_UNNEST_NAMES}) "  # noqa: S608 (constants only)
+    f"SELECT {_UNNEST_VALUES} FROM unnest({_UNNEST_ARRAYS}) AS u({_UNNEST_NAMES})"
+)
+
+
+async def insert_unnest(driver: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert sealed rows in one statement on an asyncpg connection (PostgreSQL): every
+    column as one array (``UNNEST_INSERT``). Far cheaper than a multi-row INSERT through
+    SQLAlchemy for thousands of rows (no per-row parameter processing)."""
+    await driver.execute(UNNEST_INSERT, *unnest_arrays(rows))
+
+
+def unnest_arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """The arguments of ``UNNEST_INSERT``: one list per column, ``phi_fields`` as JSON."""
+    arrays: list[list[Any]] = []
+    for name, _ in UNNEST_COLUMNS:
+        if name == "phi_fields":
+            arrays.append([json.dumps(list(row[name])) for row in rows])
+        else:
+            arrays.append([row[name] for row in rows])
+    return arrays
 
 
 _TICK = dt.timedelta(microseconds=1)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import json
 import uuid
 from typing import Any
+
+import orjson
 
 __all__ = ["GENESIS_HASH", "SEALED", "clinic_lock_key", "lane_keys", "row_hash"]
 
@@ -55,7 +56,13 @@ def lane_keys(clinic_id: uuid.UUID, lanes: int) -> tuple[int, ...]:
     return tuple(clinic_lock_key(clinic_id, lane) for lane in range(lanes))
 
 
+#: The sealed fields in the order the canonical JSON lists them (sorted by name).
+_ORDER = tuple(sorted(SEALED))
+
+
 def _canonical(value: Any) -> Any:
+    if value is None or type(value) is str or type(value) is int:
+        return value
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dt.datetime):
@@ -69,6 +76,8 @@ def _canonical(value: Any) -> Any:
 
 def row_hash(fields: dict[str, Any]) -> str:
     """sha256 (hex) of the canonical JSON of the sealed fields."""
-    document = {name: _canonical(fields.get(name)) for name in SEALED}
-    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+    # Built in sorted key order and encoded by orjson: byte for byte what
+    # ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` gives
+    # (a property test holds the two together), several times faster.
+    document = {name: _canonical(fields.get(name)) for name in _ORDER}
+    return hashlib.sha256(orjson.dumps(document)).hexdigest()

@@ -17,7 +17,6 @@ SQLite (:func:`session_flush`): a write transaction (``BEGIN IMMEDIATE``) with
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -25,7 +24,14 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from healthdb.driver_pool import DriverPool
-from healthdb.internal.audit.append import append_rows, fill_rows
+from healthdb.internal.audit.append import (
+    UNNEST_COLUMNS,
+    UNNEST_INSERT,
+    append_rows,
+    fill_rows,
+    insert_unnest,
+    unnest_arrays,
+)
 from healthdb.internal.audit.chain import GENESIS_HASH, lane_keys, row_hash
 from healthdb.internal.audit.lanes import (
     LANE_SETTING,
@@ -41,41 +47,11 @@ __all__ = ["postgres_flush", "session_flush"]
 #: Attempts of one flush that lost a race for a lane position (unique violation).
 ATTEMPTS = 3
 
-# (column, element type of its unnest array): every column of audit_events, in order.
-_COLUMNS = (
-    ("id", "uuid"),
-    ("clinic_id", "uuid"),
-    ("lane", "smallint"),
-    ("seq", "bigint"),
-    ("occurred_at", "timestamptz"),
-    ("actor_id", "uuid"),
-    ("actor_role", "text"),
-    ("action", "text"),
-    ("resource_type", "text"),
-    ("resource_id", "text"),
-    ("phi_fields", "text"),  # JSON text, cast below
-    ("purpose", "text"),
-    ("outcome", "text"),
-    ("request_id", "text"),
-    ("client_addr", "text"),
-    ("reason", "text"),
-    ("prev_hash", "text"),
-    ("row_hash", "text"),
-)
-_NAMES = ", ".join(name for name, _ in _COLUMNS)
-_ARRAYS = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_COLUMNS, start=1))
-_VALUES = ", ".join(
-    f"u.{name}::json" if name == "phi_fields" else f"u.{name}" for name, _ in _COLUMNS
-)
-_INSERT = (
-    f"INSERT INTO audit_events ({_NAMES}) "  # noqa: S608 (constants only)
-    f"SELECT {_VALUES} FROM unnest({_ARRAYS}) AS u({_NAMES})"
-)
-_N = len(_COLUMNS)
+_N = len(UNNEST_COLUMNS)
 # Parameters after the arrays: the lane as text, the clinic, the lane, the remembered
 # head's seq and hash. One init-plan, evaluated once for the whole statement.
 _GUARDED_INSERT = (
-    f"{_INSERT} WHERE (SELECT current_setting('{LANE_SETTING}', true) = ${_N + 1} "  # noqa: S608
+    f"{UNNEST_INSERT} WHERE (SELECT current_setting('{LANE_SETTING}', true) = ${_N + 1} "  # noqa: S608
     f"AND NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.clinic_id = ${_N + 2} "
     f"AND a.lane = ${_N + 3} AND a.seq > ${_N + 4}) "
     f"AND (${_N + 4} = 0 OR EXISTS (SELECT 1 FROM audit_events a WHERE a.clinic_id = ${_N + 2} "
@@ -132,7 +108,7 @@ async def _append(
     if head is not None:
         _seal(rows, mine, head)
         guard = (str(mine), clinic_id, mine, head[0], head[1])
-        status = await driver.execute(_GUARDED_INSERT, *_arrays(rows), *guard)
+        status = await driver.execute(_GUARDED_INSERT, *unnest_arrays(rows), *guard)
         if status == f"INSERT 0 {len(rows)}":
             return mine
     lane = await driver.fetchval(_LOCKED_LANE)
@@ -141,7 +117,7 @@ async def _append(
         await driver.execute(_WAIT_LANE, lane_keys(clinic_id, len(order))[lane])
     found = await driver.fetchrow(_HEAD, clinic_id, lane)
     _seal(rows, lane, None if found is None else (found["seq"], found["row_hash"]))
-    await driver.execute(_INSERT, *_arrays(rows))
+    await insert_unnest(driver, rows)
     return int(lane)
 
 
@@ -154,16 +130,6 @@ def _seal(rows: list[dict[str, Any]], lane: int, head: tuple[int, str | None] | 
         row["seq"] = seq
         row["prev_hash"] = prev
         row["row_hash"] = prev = row_hash(row)
-
-
-def _arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    arrays: list[list[Any]] = []
-    for name, _ in _COLUMNS:
-        if name == "phi_fields":
-            arrays.append([json.dumps(list(row[name])) for row in rows])
-        else:
-            arrays.append([row[name] for row in rows])
-    return arrays
 
 
 def session_flush(sessions: async_sessionmaker[AsyncSession]) -> Flush:
