@@ -250,8 +250,10 @@ class _Checkout:
                 if exc is None:
                     busy = entry.conn.is_in_transaction()
                     clean = busy if entry.pending_since is not None else not busy
-                elif isinstance(exc, asyncpg.PostgresError) and _translated(exc) is exc:
-                    clean = await _rolled_back(entry)  # a SQL error: the connection is sound
+                elif isinstance(exc, Exception) and _translated(exc) is exc:
+                    # A SQL error, or the caller's own (a 404 found mid-transaction): the
+                    # connection is sound. Cancellation and connection failures are not.
+                    clean = await _rolled_back(entry)
         finally:
             pool._out -= 1
             if entry is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from healthdb import health
 from healthdb.cache import MISS, MemoryCache
+from healthdb.command import Change
 from healthdb.context import ClinicScope, Role, as_uuid, clinic_scope, current_scope
 from healthdb.engine import Engines, Sessions, create_engines
 from healthdb.errors import (
@@ -47,6 +48,7 @@ from healthdb.query.options import LockMode, QueryOptions, ReadStrategy, Transac
 from healthdb.query.pipeline import Call, CallKind, Handler, Middleware, Operation, chain
 from healthdb.query.read_unit import read_unit
 from healthdb.query.strategies import optimistic, unit_of_work
+from healthdb.query.write_unit import write_unit
 from healthdb.settings import Settings
 from healthdb.view import Read
 
@@ -233,8 +235,14 @@ class DatabaseService:
             )
         return value
 
-    async def execute_write(self, op: Operation[T], options: QueryOptions | None = None) -> T:
-        """Run ``op`` in a write transaction on the primary; commit; invalidate cached reads."""
+    async def execute_write(
+        self, op: Operation[T] | Change[T], options: QueryOptions | None = None
+    ) -> T:
+        """Run ``op`` in a write transaction on the primary; commit; invalidate cached reads.
+
+        ``op`` is an operation (an async callable taking the session) or a bound command
+        (:class:`~healthdb.command.RowUpdate`): an update without the ORM, audited in its
+        own transaction the same way."""
         options = options or QueryOptions.for_write()
         kind = CallKind.CRITICAL if options.emergency else CallKind.WRITE
         if kind is CallKind.CRITICAL:
@@ -390,7 +398,7 @@ class DatabaseService:
     async def _run(
         self,
         kind: CallKind,
-        op: Operation[Any] | Read[Any],
+        op: Operation[Any] | Read[Any] | Change[Any],
         options: QueryOptions | TransactionOptions,
         *,
         reason: str | None = None,
@@ -421,9 +429,7 @@ class DatabaseService:
             sessions = self._critical_sessions
             self._log_break_glass(call)
 
-        operation = call.operation
-
-        def run() -> Awaitable[Any]:
+        def run_orm(operation: Operation[Any]) -> Awaitable[Any]:
             return unit_of_work(
                 sessions,
                 call,
@@ -434,6 +440,21 @@ class DatabaseService:
                 audit_writer=self.audit_writer,
                 audit_lanes=self.settings.audit_lanes,
             )
+
+        if isinstance(call.operation, Change):
+            return await write_unit(
+                call.operation,
+                call,
+                engine=self.engines.primary,
+                driver=self.engines.driver,
+                audit_lanes=self.settings.audit_lanes,
+                on_commit=self._invalidate,
+                run_fallback=lambda change: run_orm(change.fallback),
+            )
+        operation = call.operation
+
+        def run() -> Awaitable[Any]:
+            return run_orm(operation)
 
         options = call.options
         if isinstance(options, TransactionOptions) and options.lock is LockMode.OPTIMISTIC:

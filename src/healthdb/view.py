@@ -80,6 +80,8 @@ class View(Generic[R]):
         _check_record(record, columns)
         self.name = name
         self.record = record
+        #: The record's fields: the selected columns' keys, in order.
+        self.field_names = tuple(c.key for c in columns)
         self.tenant = _tenant_froms(statement)
         #: The statement as given, and as it runs: with the view wall's clinic filter.
         self.source = statement

@@ -131,11 +131,12 @@ class Keyring:
         return f"{VERSION}.{self.active}.{_b64e(nonce + sealed)}"
 
     def decrypt(self, token: str, *, aad: str) -> str:
-        key_id = key_id_of(token)
-        cipher = self._ciphers.get(key_id)
-        if cipher is None:
+        parts = token.split(".", 2)
+        cipher = self._ciphers.get(parts[1]) if len(parts) == 3 and parts[0] == VERSION else None
+        if cipher is None:  # the slow path names what is wrong
+            key_id = key_id_of(token)
             raise EncryptionKeyMissing(f"no key {key_id!r} in the keyring for a stored value")
-        raw = _b64d(token.split(".", 2)[2])
+        raw = _b64d(parts[2])
         try:
             return cipher.decrypt(raw[:_NONCE], raw[_NONCE:], aad.encode()).decode()
         except InvalidTag:

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying
 
+from healthdb.command import Change
 from healthdb.driver_pool import DriverDisconnect
 from healthdb.errors import ClinicContextRequired, HealthdbError, InvalidInput
 from healthdb.internal.metrics import QueryMetrics
@@ -50,6 +51,9 @@ def validate(call: Call) -> None:
     if isinstance(operation, Read):
         if call.kind is not CallKind.READ:
             raise InvalidInput("a view is a read: run it with execute_read")
+    elif isinstance(operation, Change):
+        if call.kind is not CallKind.WRITE:
+            raise InvalidInput("a command is a write: run it with execute_write")
     elif inspect.iscoroutine(operation):
         operation.close()
         raise InvalidInput("pass the operation itself (an async callable), not a coroutine")

@@ -62,7 +62,7 @@ async def read_unit(
         raise QueryTimeout("the operation exceeded its time limit") from None
     disclosed, more = read.disclosed(rows)
     if driver is not None:
-        disclosed = _convert(disclosed, view.compiled(engine.dialect).results, view, scope)
+        disclosed = convert(disclosed, view.compiled(engine.dialect).results, view, scope)
     records = view.records(disclosed, scope)
     if view.phi and disclosed:
         assert scope is not None  # view.params refused a PHI view without one
@@ -106,7 +106,7 @@ def _begin(clinic_id: uuid.UUID) -> str:
     )
 
 
-def _convert(
+def convert(
     rows: Sequence[Any],
     results: Sequence[Callable[[Any], Any] | None],
     view: View[Any],

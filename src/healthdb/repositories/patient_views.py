@@ -31,7 +31,7 @@ from healthdb.repositories.pagination import (
 from healthdb.repositories.patients import MAX_NAME_PREFIX, PatientRepository, escape_like
 from healthdb.view import Read, View
 
-__all__ = ["PatientRecord", "by_id", "search"]
+__all__ = ["BY_ID", "PatientRecord", "by_id", "search"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ _PATIENTS = cast(Table, Patient.__table__)
 _COLUMNS = [_PATIENTS.c[name] for name in PatientRecord.__dataclass_fields__]
 _VISIBLE = _PATIENTS.c.deleted_at.is_(None)
 
-_BY_ID: View[PatientRecord] = View(
+BY_ID: View[PatientRecord] = View(
     select(*_COLUMNS).where(_PATIENTS.c.id == bindparam("id"), _VISIBLE),
     PatientRecord,
     name="patients.by_id",
@@ -68,7 +68,7 @@ _BY_ID: View[PatientRecord] = View(
 
 def by_id(patient_id: uuid.UUID | str) -> Read[PatientRecord | None]:
     """The visible patient with this id, or ``None`` (soft-deleted rows are hidden)."""
-    return _BY_ID.one(id=as_uuid(patient_id, "patient_id"))
+    return BY_ID.one(id=as_uuid(patient_id, "patient_id"))
 
 
 def search(

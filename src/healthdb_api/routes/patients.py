@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, NotFound, QueryOptions, Role, audit_log
+from healthdb import ConflictError, DatabaseService, NotFound, QueryOptions, Role, audit_log
 from healthdb.models import Patient
 from healthdb.phi import PhiKind, Visibility, visibility
-from healthdb.repositories import MAX_LIMIT, PatientRepository, patient_views
+from healthdb.repositories import MAX_LIMIT, PatientRepository, patient_commands, patient_views
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
 from healthdb.repositories.patients import MAX_NAME_PREFIX
 from healthdb_api.deps import CurrentPrincipal, Db, Principal, require_roles, scope
@@ -231,9 +231,8 @@ async def update_patient(
     body: PatientUpdate,
     principal: CurrentPrincipal,
     db: Db,
-    response: Response,
     if_match: IfMatch = None,
-) -> PatientOut:
+) -> Response:
     header_version = parse_if_match(if_match)
     if header_version is not None and body.version is not None and header_version != body.version:
         raise ApiError(422, "validation_error", "If-Match and the body's version disagree")
@@ -247,15 +246,35 @@ async def update_patient(
         )
     changes = body.changes()
     check_writable(principal, changes)
-
-    async def op(session: AsyncSession) -> Patient:
-        if "mrn" in changes:
-            # Soft-deleted patients keep their MRN, so look past the repository's filter.
-            taken = select(Patient.id).where(
-                Patient.mrn == changes["mrn"], Patient.id != patient_id
+    if "mrn" in changes:
+        # An MRN change must be checked against every patient, soft-deleted ones included:
+        # the ORM path does that; every other change goes through the command.
+        return await _update_mrn(patient_id, expected, changes, principal, db)
+    async with scope(db, principal, purpose=PURPOSE):
+        try:
+            record = await db.execute_write(
+                patient_commands.update(patient_id, expected_version=expected, **changes),
+                QueryOptions.for_phi("patients.update"),
             )
-            if (await session.execute(taken.limit(1))).first() is not None:
-                raise duplicate_mrn()
+        except NotFound:
+            raise not_found() from None
+        except ConflictError:
+            raise _version_conflict() from None
+    return patient_json(record)
+
+
+async def _update_mrn(
+    patient_id: uuid.UUID,
+    expected: int | None,
+    changes: dict[str, Any],
+    principal: Principal,
+    db: DatabaseService,
+) -> Response:
+    async def op(session: AsyncSession) -> Patient:
+        # Soft-deleted patients keep their MRN, so look past the repository's filter.
+        taken = select(Patient.id).where(Patient.mrn == changes["mrn"], Patient.id != patient_id)
+        if (await session.execute(taken.limit(1))).first() is not None:
+            raise duplicate_mrn()
         return await PatientRepository(session).update(
             patient_id, expected_version=expected, **changes
         )
@@ -266,13 +285,16 @@ async def update_patient(
         except NotFound:
             raise not_found() from None
         except ConflictError:
-            raise ApiError(
-                409,
-                "version_conflict",
-                "the patient was modified by someone else; reload it and retry",
-            ) from None
+            raise _version_conflict() from None
+    response = Response(present(patient).model_dump_json(), media_type="application/json")
     response.headers["ETag"] = etag(patient.version)
-    return present(patient)
+    return response
+
+
+def _version_conflict() -> ApiError:
+    return ApiError(
+        409, "version_conflict", "the patient was modified by someone else; reload it and retry"
+    )
 
 
 @router.delete(

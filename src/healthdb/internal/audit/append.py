@@ -32,12 +32,12 @@ gaps for every row up to the anchored heads.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     String,
@@ -232,7 +232,7 @@ def unnest_arrays(rows: list[dict[str, Any]]) -> list[list[Any]]:
     arrays: list[list[Any]] = []
     for name, _ in UNNEST_COLUMNS:
         if name == "phi_fields":
-            arrays.append([json.dumps(list(row[name])) for row in rows])
+            arrays.append([orjson.dumps(list(row[name])).decode() for row in rows])
         else:
             arrays.append([row[name] for row in rows])
     return arrays

@@ -42,7 +42,7 @@ from healthdb.internal.audit.lanes import (
 )
 from healthdb.internal.audit.writer import Flush
 
-__all__ = ["postgres_flush", "session_flush"]
+__all__ = ["append_on_lane", "postgres_flush", "session_flush"]
 
 #: Attempts of one flush that lost a race for a lane position (unique violation).
 ATTEMPTS = 3
@@ -89,7 +89,7 @@ def postgres_flush(pool: DriverPool, *, lanes: int, clinic_setting: str) -> Flus
         for attempt in range(ATTEMPTS):
             try:
                 async with pool.transaction(begin) as driver:  # committed before it returns
-                    lane = await _append(driver, engine_key, clinic_id, mine, filled, order)
+                    lane = await append_on_lane(driver, engine_key, clinic_id, mine, filled, order)
             except asyncpg.UniqueViolationError:
                 if attempt == ATTEMPTS - 1:
                     raise
@@ -101,7 +101,7 @@ def postgres_flush(pool: DriverPool, *, lanes: int, clinic_setting: str) -> Flus
     return flush
 
 
-async def _append(
+async def append_on_lane(
     driver: asyncpg.Connection,
     engine_key: int,
     clinic_id: uuid.UUID,
@@ -109,7 +109,11 @@ async def _append(
     rows: list[dict[str, Any]],
     order: list[int],
 ) -> int:
-    """Insert ``rows`` on a lane this transaction holds; return the lane."""
+    """Chain and insert filled ``rows`` (:func:`~.append.fill_rows`) in the transaction on
+    ``driver``, which tried to lock lane ``mine`` (or another of ``order``) when it began:
+    onto the head remembered for ``engine_key`` when the guard confirms it, else onto the
+    head read under the lane lock (waiting for ``mine`` when every lane was busy). Returns
+    the lane written; the caller remembers its head once the transaction has committed."""
     head = remembered_head(engine_key, clinic_id, mine)
     if head is not None:
         _seal(rows, mine, head)
