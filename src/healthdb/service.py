@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase
 
 from healthdb import health
 from healthdb.cache import MISS, MemoryCache
-from healthdb.command import Change
+from healthdb.command import Command
 from healthdb.context import ClinicScope, Role, as_uuid, clinic_scope, current_scope
 from healthdb.engine import Engines, Sessions, create_engines
 from healthdb.errors import (
@@ -236,7 +236,7 @@ class DatabaseService:
         return value
 
     async def execute_write(
-        self, op: Operation[T] | Change[T], options: QueryOptions | None = None
+        self, op: Operation[T] | Command[T], options: QueryOptions | None = None
     ) -> T:
         """Run ``op`` in a write transaction on the primary; commit; invalidate cached reads.
 
@@ -398,7 +398,7 @@ class DatabaseService:
     async def _run(
         self,
         kind: CallKind,
-        op: Operation[Any] | Read[Any] | Change[Any],
+        op: Operation[Any] | Read[Any] | Command[Any],
         options: QueryOptions | TransactionOptions,
         *,
         reason: str | None = None,
@@ -441,7 +441,7 @@ class DatabaseService:
                 audit_lanes=self.settings.audit_lanes,
             )
 
-        if isinstance(call.operation, Change):
+        if isinstance(call.operation, Command):
             return await write_unit(
                 call.operation,
                 call,

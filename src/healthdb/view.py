@@ -140,6 +140,24 @@ class View(Generic[R]):
             out.append(make(*values))
         return out
 
+    def convert(
+        self, rows: Sequence[Sequence[Any]], dialect: Dialect, scope: ClinicScope | None
+    ) -> list[list[Any]]:
+        """Rows as the driver returned them, through the column types' result conversion
+        (decryption included), skipping the values the scope's role will not see."""
+        hidden = self.hidden(scope)
+        results = self.compiled(dialect).results
+        steps = [(i, p) for i, p in enumerate(results) if p is not None and i not in hidden]
+        out = []
+        for row in rows:
+            values = list(row)
+            for index in hidden:
+                values[index] = None
+            for index, process in steps:
+                values[index] = process(values[index])
+            out.append(values)
+        return out
+
     def hidden(self, scope: ClinicScope | None) -> frozenset[int]:
         """Row positions the scope's role may not see at all (skip converting them)."""
         return frozenset(i for i, _, seen in self._mask_plan(scope) if seen is Visibility.NONE)

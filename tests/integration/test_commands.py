@@ -26,7 +26,6 @@ from healthdb import (
     QueryOptions,
     Settings,
 )
-from healthdb.command import _CACHE
 from healthdb.internal import audit_verify
 from healthdb.models import AuditEvent
 from healthdb.phi import MaskedValue
@@ -167,13 +166,14 @@ def clinic_filter_off() -> Iterator[None]:
     import healthdb.command as command
 
     original = command.update
-    _CACHE.clear()
+    prepared = patient_commands._UPDATE._prepared
+    prepared.clear()
     command.update = lambda table: _Unfiltered(original(table))  # type: ignore[assignment]
     try:
         yield
     finally:
         command.update = original  # type: ignore[assignment]
-        _CACHE.clear()
+        prepared.clear()
 
 
 class _Unfiltered:

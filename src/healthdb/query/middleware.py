@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from tenacity import AsyncRetrying
 
-from healthdb.command import Change
+from healthdb.command import Command
 from healthdb.driver_pool import DriverDisconnect
 from healthdb.errors import ClinicContextRequired, HealthdbError, InvalidInput
 from healthdb.internal.metrics import QueryMetrics
@@ -51,7 +51,7 @@ def validate(call: Call) -> None:
     if isinstance(operation, Read):
         if call.kind is not CallKind.READ:
             raise InvalidInput("a view is a read: run it with execute_read")
-    elif isinstance(operation, Change):
+    elif isinstance(operation, Command):
         if call.kind is not CallKind.WRITE:
             raise InvalidInput("a command is a write: run it with execute_write")
     elif inspect.iscoroutine(operation):

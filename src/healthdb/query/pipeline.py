@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb.command import Change
+from healthdb.command import Command
 from healthdb.context import ClinicScope
 from healthdb.query.options import QueryOptions, TransactionOptions
 from healthdb.view import Read
@@ -37,7 +37,7 @@ class Call:
     """One facade call on its way through the chain."""
 
     kind: CallKind
-    operation: Operation[Any] | Read[Any] | Change[Any]
+    operation: Operation[Any] | Read[Any] | Command[Any]
     options: QueryOptions | TransactionOptions
     scope: ClinicScope | None
     reason: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
@@ -62,7 +62,7 @@ async def read_unit(
         raise QueryTimeout("the operation exceeded its time limit") from None
     disclosed, more = read.disclosed(rows)
     if driver is not None:
-        disclosed = convert(disclosed, view.compiled(engine.dialect).results, view, scope)
+        disclosed = view.convert(disclosed, engine.dialect, scope)
     records = view.records(disclosed, scope)
     if view.phi and disclosed:
         assert scope is not None  # view.params refused a PHI view without one
@@ -104,27 +104,6 @@ def _begin(clinic_id: uuid.UUID) -> str:
         "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; "
         f"SELECT set_config('{CLINIC_SETTING}', '{clinic_id}', true);"
     )
-
-
-def convert(
-    rows: Sequence[Any],
-    results: Sequence[Callable[[Any], Any] | None],
-    view: View[Any],
-    scope: ClinicScope | None,
-) -> list[list[Any]]:
-    """Apply the column types' result conversion (decryption included), skipping values the
-    scope's role will not see."""
-    hidden = view.hidden(scope)
-    steps = [(i, p) for i, p in enumerate(results) if p is not None and i not in hidden]
-    out = []
-    for row in rows:
-        values = list(row)
-        for index in hidden:
-            values[index] = None
-        for index, process in steps:
-            values[index] = process(values[index])
-        out.append(values)
-    return out
 
 
 async def _fetch_sqlalchemy(
