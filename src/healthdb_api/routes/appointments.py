@@ -2,11 +2,12 @@
 
 Every staff role may book, list and cancel appointments of its own clinic.
 
-Booking cannot double-book a clinician: it runs as a pessimistic transaction that first
-loads the clinician's user row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's
-``BEGIN IMMEDIATE`` serialises writers anyway), so concurrent bookings of one clinician
-queue behind each other and each sees the previous one's committed appointment before it
-checks for overlaps. An overlap answers 409 ``slot_taken``.
+Booking cannot double-book a clinician: the booking command
+(:mod:`healthdb.repositories.appointment_commands`) first locks the clinician's user row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers
+anyway), so concurrent bookings of one clinician queue behind each other and each sees the
+previous one's committed appointment before it checks for overlaps. An overlap answers 409
+``slot_taken``.
 
 A ``patient_id`` or ``clinician_id`` that does not name a usable row of the caller's clinic
 is a bad *reference in the body*, not a missing resource: 422 (``unknown_patient`` /
@@ -23,9 +24,14 @@ from pydantic import AwareDatetime
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, NotFound, QueryOptions, Role, TransactionOptions
-from healthdb.models import Appointment, User
-from healthdb.repositories import MAX_LIMIT, AppointmentRepository, PatientRepository
+from healthdb import ConflictError, NotFound, QueryOptions
+from healthdb.models import Appointment
+from healthdb.repositories import (
+    MAX_LIMIT,
+    AppointmentRepository,
+    appointment_commands,
+    appointment_views,
+)
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
 from healthdb_api.deps import CurrentPrincipal, Db, scope
 from healthdb_api.errors import ApiError
@@ -34,8 +40,6 @@ from healthdb_api.schemas import AppointmentCreate, AppointmentOut, AppointmentP
 
 router = APIRouter(prefix="/api/v1/appointments", tags=["appointments"])
 
-#: Roles that can be booked.
-CLINICIAN_ROLES = frozenset({Role.DOCTOR.value, Role.NURSE.value})
 PURPOSE = "scheduling"
 
 IfMatch = Annotated[
@@ -63,30 +67,16 @@ def _invalid(code: str, field: str, message: str) -> ApiError:
 async def book_appointment(
     body: AppointmentCreate, principal: CurrentPrincipal, db: Db, response: Response
 ) -> AppointmentOut:
-    async def book(session: AsyncSession) -> Appointment:
-        # First statement of the transaction: lock the clinician (serialises their bookings).
-        clinician = await session.get(User, body.clinician_id)
-        if clinician is None or not clinician.active or clinician.role not in CLINICIAN_ROLES:
-            raise _invalid(
-                "invalid_clinician",
-                "clinician_id",
-                "clinician_id must name an active doctor or nurse of your clinic",
-            )
-        if await PatientRepository(session).get(body.patient_id) is None:
-            raise _invalid(
-                "unknown_patient", "patient_id", "patient_id must name a patient of your clinic"
-            )
-        repo = AppointmentRepository(session)
-        if await repo.overlapping(body.clinician_id, body.start_at, body.end_at):
-            raise ApiError(
-                409, "slot_taken", "the clinician already has an appointment at that time"
-            )
-        return await repo.add(Appointment(**body.model_dump()))
-
+    booking = appointment_commands.book(**body.model_dump())
     async with scope(db, principal, purpose=PURPOSE):
-        appointment = await db.execute_transaction(
-            book, TransactionOptions.pessimistic().named("appointments.book")
-        )
+        try:
+            appointment = await db.execute_write(booking, QueryOptions.for_phi(booking.name))
+        except appointment_commands.InvalidClinician as exc:
+            raise _invalid(exc.code, "clinician_id", str(exc)) from None
+        except appointment_commands.UnknownPatient as exc:
+            raise _invalid(exc.code, "patient_id", str(exc)) from None
+        except appointment_commands.SlotTaken as exc:
+            raise ApiError(409, exc.code, str(exc)) from None
     response.headers["ETag"] = etag(appointment.version)
     response.headers["Location"] = f"{router.prefix}/{appointment.id}"
     return AppointmentOut.model_validate(appointment)
@@ -143,11 +133,10 @@ async def list_appointments(
 async def get_appointment(
     appointment_id: uuid.UUID, principal: CurrentPrincipal, db: Db, response: Response
 ) -> AppointmentOut:
-    async def op(session: AsyncSession) -> Appointment | None:
-        return await AppointmentRepository(session).get(appointment_id)
-
     async with scope(db, principal, purpose=PURPOSE):
-        appointment = await db.execute_read(op, QueryOptions.for_phi("appointments.get"))
+        appointment = await db.execute_read(
+            appointment_views.by_id(appointment_id), QueryOptions.for_phi("appointments.get")
+        )
     if appointment is None:
         raise not_found()
     response.headers["ETag"] = etag(appointment.version)
