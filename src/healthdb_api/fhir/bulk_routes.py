@@ -147,7 +147,7 @@ def _expires(job: ExportJob) -> dict[str, str]:
 async def cancel_job(job_id: str, request: Request, principal: Exporter, db: Db) -> Response:
     """Cancel the job (if running) and delete it and its files."""
     job = await _own_job(db, principal, job_id)
-    state(request).runner.cancel(job.id)
+    await state(request).runner.stop(job.id)
     await jobs.remove(db, principal, job.id)
     return Response(status_code=202)
 

@@ -70,10 +70,12 @@ class ExportRunner:
         self._tasks[job.id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(job.id, None))
 
-    def cancel(self, job_id: uuid.UUID) -> None:
+    async def stop(self, job_id: uuid.UUID) -> None:
+        """Stop working on ``job_id`` (if this process does) and wait until it has."""
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop every job of this process (each gives its lease back, bounded)."""

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, NotFound, QueryOptions
+from healthdb import ConflictError, InvalidInput, NotFound, QueryOptions
 from healthdb.models import Patient
 from healthdb.phi import PhiKind, Visibility, mask_value, visibility
 from healthdb.repositories import PatientRepository, patient_views
@@ -120,16 +120,19 @@ async def search_patients(request: Request, principal: CurrentPrincipal, db: Db)
     )
     page: Page[Any] = Page(items=[], next_cursor=None)
     if not query.matches_nothing:
-        read = patient_views.search_demographics(
-            family=query.family,
-            family_exact=query.family_exact,
-            given=query.given,
-            born_from=query.born_from,
-            born_before=query.born_before,
-            mrn=query.mrn,
-            cursor=query.cursor,
-            limit=query.count,
-        )
+        try:
+            read = patient_views.search_demographics(
+                family=query.family,
+                family_exact=query.family_exact,
+                given=query.given,
+                born_from=query.born_from,
+                born_before=query.born_before,
+                mrn=query.mrn,
+                cursor=query.cursor,
+                limit=query.count,
+            )
+        except InvalidInput as exc:  # a mangled _cursor: a bad request, not a bad resource
+            raise FhirError(400, str(exc)) from None
         async with scope(db, principal, purpose=PURPOSE):
             page = await db.execute_read(read, QueryOptions.for_phi("fhir.search"))
     bundle = searchset(page, query, base=base_url(request), mrn_system=fhir.settings.mrn_system)
@@ -139,9 +142,9 @@ async def search_patients(request: Request, principal: CurrentPrincipal, db: Db)
 @router.post("/Patient")
 async def create_patient(request: Request, principal: CurrentPrincipal, db: Db) -> Response:
     fields = _parse(await read_json(request), request)
-    check_writable(principal, fields)
     if looks_masked(fields["ssn"]):
         raise _masked_ssn()
+    check_writable(principal, fields)
 
     async def op(session: AsyncSession) -> Patient:
         return await PatientRepository(session).add(Patient(**fields))
@@ -176,11 +179,13 @@ async def update_patient(
             400, "the resource's id must equal the id in the URL", expression="Patient.id"
         )
     changes = _parse(body, request)
-    check_writable(principal, changes)
+    # A masked SSN is settled in the transaction (kept if unchanged, else refused).
+    masked = looks_masked(changes["ssn"])
+    check_writable(principal, {k: v for k, v in changes.items() if not (masked and k == "ssn")})
 
     async def op(session: AsyncSession) -> Patient:
         repository = PatientRepository(session)
-        if looks_masked(changes["ssn"]):
+        if masked:
             await _keep_masked_ssn(repository, principal, pid, changes)
         taken = select(Patient.id).where(Patient.mrn == changes["mrn"], Patient.id != pid)
         # Soft-deleted patients keep their MRN, so look past the repository's filter.
