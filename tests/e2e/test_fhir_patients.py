@@ -178,7 +178,7 @@ async def test_invalid_resources_answer_operation_outcomes(client: httpx.AsyncCl
         (patient_body(gender="robot"), "Patient.gender"),
         (patient_body(identifier=[]), "Patient.identifier"),
         (patient_body(telecom=[{"system": "phone", "value": "12"}]), "Patient.telecom"),
-        (patient_body(unknownElement=1), "Patient.unknownElement"),
+        (patient_body(unknownElement=1), "Patient"),
         (patient_body(birthDate="2999-01-01"), "Patient.birthDate"),
         ([1, 2], "Patient"),
     ]

@@ -175,10 +175,15 @@ def parse_patient(body: Any, *, mrn_system: str) -> PatientCreate:
 
 
 def _issue(err: Any, root: str) -> Issue:
+    loc = list(err.get("loc", ()))
+    message = _safe_msg(err)
+    if err.get("type") == "extra_forbidden" and loc:
+        # The last part is the client's own key: input, so never echoed (it could be PHI).
+        loc, message = loc[:-1], "an element this resource type does not define"
     path = root
-    for part in err.get("loc", ()):
+    for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return Issue(_safe_msg(err), path)
+    return Issue(message, path)
 
 
 def _field_issue(err: Any) -> Issue:

@@ -78,11 +78,12 @@ def parse_search(
             query.cursor = _cursor(value)
             continue
         elif name in ("family", "given", "birthdate", "identifier", "_count", "_cursor"):
-            raise _bad(f"modifier :{_safe(modifier)} is not supported", raw_name)
+            raise _bad("this modifier is not supported", name)
         elif name in _IGNORED or not strict:
             continue
         else:
-            raise _bad("unknown search parameter (Prefer: handling=strict)", _safe(raw_name))
+            # The parameter's name is the client's input: not echoed (it could be PHI).
+            raise _bad("unknown search parameter (Prefer: handling=strict)")
         query.applied.append((raw_name, value))
     if query.born_from and query.born_before and query.born_from >= query.born_before:
         query.matches_nothing = True
@@ -91,11 +92,6 @@ def parse_search(
 
 def _bad(message: str, expression: str | None = None) -> FhirError:
     return FhirError(400, message, expression=expression)
-
-
-def _safe(text: str) -> str:
-    """A parameter name or modifier for a message: only if it looks like one."""
-    return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,40}", text) else "?"
 
 
 def _term(value: str, name: str) -> str:
@@ -109,7 +105,7 @@ def _term(value: str, name: str) -> str:
 
 def _name(query: SearchQuery, name: str, modifier: str, value: str) -> None:
     if modifier and not (name == "family" and modifier == "exact"):
-        raise _bad(f"modifier :{_safe(modifier)} is not supported", name)
+        raise _bad("this modifier is not supported", name)
     if getattr(query, name) is not None:
         raise _bad(f"{name} may be given once", name)
     setattr(query, name, _term(value, name))
