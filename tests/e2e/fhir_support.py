@@ -29,7 +29,7 @@ def patient_body(**overrides: Any) -> dict[str, Any]:
             {"system": DEFAULT_MRN_SYSTEM, "value": f"MRN-{uuid.uuid4().hex[:10]}"},
             {"system": SSN_SYSTEM, "value": "900-12-3456"},
         ],
-        "name": [{"use": "official", "family": "O'Brien", "given": ["Zoë"]}],
+        "name": [{"use": "official", "family": "D'Ancona", "given": ["Zoë"]}],
         "gender": "female",
         "birthDate": "1980-02-29",
         "telecom": [
