@@ -4,6 +4,7 @@ pattern, who may export and see a job, what is audited, and a job outliving its 
 from __future__ import annotations
 
 import asyncio
+import json
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -251,15 +252,8 @@ async def test_a_job_survives_its_process(
         exported: list[str] = []
         for output in manifest["output"]:
             got = await client.get(output["url"], headers=admin.headers)
-            exported += [mrn_of(_json(line)) for line in got.text.splitlines()]
+            exported += [mrn_of(json.loads(line)) for line in got.text.splitlines()]
     assert sorted(exported) == sorted(mrns)  # every patient once: none lost, none twice
-
-
-def _json(line: str) -> dict[str, Any]:
-    import json
-
-    value: dict[str, Any] = json.loads(line)
-    return value
 
 
 async def test_too_many_running_exports_answer_429(
