@@ -4,8 +4,8 @@ pattern, who may export and see a job, what is audited, and a job outliving its 
 from __future__ import annotations
 
 import asyncio
-import json
 import datetime as dt
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
