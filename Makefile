@@ -40,6 +40,7 @@ unit: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python bench/read_path.py
 	$(BIN)/python bench/batch_insert.py
+	$(BIN)/python bench/fhir_path.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache healthdb-demo.sqlite3*

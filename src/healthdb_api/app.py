@@ -17,6 +17,7 @@ from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
 from healthdb_api.deps import require_roles
+from healthdb_api.fhir import api as fhir
 from healthdb_api.limits import BodySizeLimit
 from healthdb_api.routes import appointments, audit, patients, users
 from healthdb_api.settings import ApiSettings
@@ -72,6 +73,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(users.router)
     app.include_router(audit.router)
+    app.include_router(fhir.router)
     app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
     app.include_router(health_router())
     app.include_router(metrics_router())

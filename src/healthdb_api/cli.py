@@ -28,6 +28,7 @@ from rich.table import Table
 
 from healthdb import Role
 from healthdb import cli as library_cli
+from healthdb_api.fhir import cli as fhir_cli
 from healthdb_api.settings import ApiSettings
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ console = Console(stderr=True)
 # The library's commands (migrate, demo) and command groups (audit, keys), unchanged.
 app.registered_commands.extend(library_cli.app.registered_commands)
 app.registered_groups.extend(library_cli.app.registered_groups)
+app.add_typer(fhir_cli.app, name="fhir")  # fhir import
 
 
 # -- the service ------------------------------------------------------------------------------

@@ -48,7 +48,11 @@ def test_the_expected_table_is_the_library_policy() -> None:
         row = POLICY[Role(role)]
         assert row[PhiKind.SSN] is (Visibility.FULL if ssn == SSN else Visibility.PARTIAL)
         assert row[PhiKind.CLINICAL_NOTE] is (Visibility.FULL if notes else Visibility.NONE)
-        others = {k: v for k, v in row.items() if k not in (PhiKind.SSN, PhiKind.CLINICAL_NOTE)}
+        # Export files: only the roles that may export see them (masked when written).
+        exporter = role in ("clinic_admin", "doctor")
+        assert row[PhiKind.BULK_EXPORT] is (Visibility.FULL if exporter else Visibility.NONE)
+        special = (PhiKind.SSN, PhiKind.CLINICAL_NOTE, PhiKind.BULK_EXPORT)
+        others = {k: v for k, v in row.items() if k not in special}
         assert set(others.values()) == {Visibility.FULL}, role
 
 

@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 from pydantic import SecretStr
@@ -197,8 +198,10 @@ async def test_dead_redis_falls_back_to_local_limits_and_keeps_answering(prefix:
 async def test_switches_back_to_redis_when_it_returns(prefix: str, redis: Redis) -> None:
     proxy = Proxy()
     await proxy.start()
+    # The suite's Redis database (HEALTHDB_TEST_REDIS_URL), reached through the proxy.
+    database = urlsplit(REDIS_URL).path or "/0"
     client = Redis.from_url(
-        f"redis://127.0.0.1:{proxy.port}/15", socket_timeout=0.5, socket_connect_timeout=0.5
+        f"redis://127.0.0.1:{proxy.port}{database}", socket_timeout=0.5, socket_connect_timeout=0.5
     )
     switches: list[str] = []
     limiter = ClinicRateLimiter(

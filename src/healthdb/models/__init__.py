@@ -4,6 +4,7 @@ from healthdb.models.appointment import Appointment
 from healthdb.models.audit import AuditEvent
 from healthdb.models.base import Base, Tenant, is_tenant
 from healthdb.models.clinic import Clinic
+from healthdb.models.export import ExportFile, ExportJob
 from healthdb.models.patient import Patient
 from healthdb.models.user import RefreshToken, User, UserLogin
 
@@ -12,6 +13,8 @@ __all__ = [
     "AuditEvent",
     "Base",
     "Clinic",
+    "ExportFile",
+    "ExportJob",
     "Patient",
     "RefreshToken",
     "Tenant",

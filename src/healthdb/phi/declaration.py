@@ -42,6 +42,8 @@ class PhiKind(enum.StrEnum):
     DEMOGRAPHIC = "demographic"
     VISIT_REASON = "visit_reason"
     CLINICAL_NOTE = "clinical_note"
+    #: A bulk export file: resources already masked for the role that requested them.
+    BULK_EXPORT = "bulk_export"
 
 
 #: Column names that look like PHI; each must be declared with :func:`phi` or :func:`not_phi`.

@@ -15,11 +15,14 @@ email          full          full    full   full
 address        full          full    full   full
 ssn            full          full    partial partial
 clinical_note  none          full    full   none
+bulk_export    full          full    none   none
 =============  ============  ======  =====  ============
 
 *partial* keeps just enough to confirm identity at a desk (the last four SSN digits:
 ``***-**-1234``); *none* shows ``None``. A role may write a field it sees partially (a
-receptionist types the SSN from the intake form) but not one it may not see at all.
+receptionist types the SSN from the intake form) but not one it may not see at all. A bulk
+export file was masked for its requester's role when it was written; only the roles that
+may export see one at all.
 Unknown roles fall back to the receptionist row (:meth:`Role.parse` fails closed).
 
 Masked values are :class:`MaskedValue` strings; the library refuses to write one back, so a
@@ -66,20 +69,21 @@ _EVERYONE_FULL = frozenset(
 )
 
 
-def _row(ssn: Visibility, note: Visibility) -> Mapping[PhiKind, Visibility]:
+def _row(ssn: Visibility, note: Visibility, export: Visibility) -> Mapping[PhiKind, Visibility]:
     row = dict.fromkeys(_EVERYONE_FULL, _FULL)
     row[PhiKind.SSN] = ssn
     row[PhiKind.CLINICAL_NOTE] = note
+    row[PhiKind.BULK_EXPORT] = export
     return MappingProxyType(row)
 
 
 #: The policy table: ``POLICY[role][kind]``.
 POLICY: Mapping[Role, Mapping[PhiKind, Visibility]] = MappingProxyType(
     {
-        Role.CLINIC_ADMIN: _row(ssn=_FULL, note=_NONE),
-        Role.DOCTOR: _row(ssn=_FULL, note=_FULL),
-        Role.NURSE: _row(ssn=_PARTIAL, note=_FULL),
-        Role.RECEPTIONIST: _row(ssn=_PARTIAL, note=_NONE),
+        Role.CLINIC_ADMIN: _row(ssn=_FULL, note=_NONE, export=_FULL),
+        Role.DOCTOR: _row(ssn=_FULL, note=_FULL, export=_FULL),
+        Role.NURSE: _row(ssn=_PARTIAL, note=_FULL, export=_NONE),
+        Role.RECEPTIONIST: _row(ssn=_PARTIAL, note=_NONE, export=_NONE),
     }
 )
 
