@@ -89,14 +89,15 @@ class DriverPool:
         return _Checkout(self, None, defer_commit=False)
 
     def transaction(
-        self, begin: str, *, defer_commit: bool = False
+        self, begin: str | Callable[[], str], *, defer_commit: bool = False
     ) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """One transaction: ``begin`` (simple-protocol text starting with ``BEGIN``, with its
         prelude) is sent on entry, ``COMMIT`` on a clean exit, at once or, with
         ``defer_commit`` (read-only transactions only), merged into the connection's next
-        ``BEGIN``."""
-        if not begin.lstrip().upper().startswith("BEGIN"):
-            raise ValueError("a transaction starts with BEGIN")
+        ``BEGIN``. A callable ``begin`` is called once a connection is held (a prelude that
+        claims something, such as an audit lane, claims it only when about to use it)."""
+        if isinstance(begin, str):
+            _check_begin(begin)
         return _Checkout(self, begin, defer_commit=defer_commit)
 
     def status(self) -> DriverPoolStatus:
@@ -116,8 +117,10 @@ class DriverPool:
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 conn.terminate()
 
-    async def _start(self, entry: _Entry, begin: str | None) -> None:
+    async def _start(self, entry: _Entry, begin: str | Callable[[], str] | None) -> None:
         """End the previous user's deferred COMMIT, in the same message as ``begin``."""
+        if callable(begin):
+            begin = _check_begin(begin())
         if entry.pending_since is None:
             if begin is not None:
                 await entry.conn.execute(begin)
@@ -201,7 +204,9 @@ class _Checkout:
 
     __slots__ = ("_begin", "_defer", "_entry", "_pool")
 
-    def __init__(self, pool: DriverPool, begin: str | None, *, defer_commit: bool) -> None:
+    def __init__(
+        self, pool: DriverPool, begin: str | Callable[[], str] | None, *, defer_commit: bool
+    ) -> None:
         self._pool = pool
         self._begin = begin
         self._defer = defer_commit
@@ -259,6 +264,12 @@ class _Checkout:
             if entry is not None:
                 pool._give_back(entry, clean)
             pool._slots.release()
+
+
+def _check_begin(begin: str) -> str:
+    if not begin.lstrip().upper().startswith("BEGIN"):
+        raise ValueError("a transaction starts with BEGIN")
+    return begin
 
 
 def _translated(exc: BaseException) -> BaseException:

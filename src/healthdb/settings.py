@@ -72,8 +72,11 @@ class Settings(BaseSettings):
     phi_previous_index_keys: SecretStr | None = None
     phi_key_file: str | None = None
     # Independent audit chains per clinic (PostgreSQL): PHI accesses of one clinic audit
-    # concurrently up to this many at a time instead of queueing on one chain lock.
-    audit_lanes: int = Field(8, ge=1, le=64)
+    # concurrently up to this many at a time instead of queueing on one chain lock. Keep it
+    # above the connections that write at once across every process (pool_size +
+    # read_pool_size per worker): a transaction that finds every lane busy queues on one and
+    # pays three more statements.
+    audit_lanes: int = Field(32, ge=1, le=64)
     # PostgreSQL: refuse to start unless the runtime role is subject to row-level security
     # (not SUPERUSER, no BYPASSRLS, owns no tenant table) and every tenant table has forced
     # RLS and its clinic policy. Only a deliberately privileged tool turns this off.

@@ -21,7 +21,7 @@ from healthdb.driver_pool import DriverPool
 from healthdb.errors import ClinicContextRequired
 from healthdb.internal.audit.append import fill_rows
 from healthdb.internal.audit.flush import append_on_lane
-from healthdb.internal.audit.lanes import claim_lane, release_lane, remember_head
+from healthdb.internal.audit.lanes import LaneClaim, claim_lane, release_lane, remember_head
 from healthdb.internal.rls import CLINIC_SETTING
 from healthdb.query.pipeline import Call
 
@@ -48,18 +48,26 @@ async def write_unit(
         raise ClinicContextRequired(f"{command.name} needs a clinic scope")
     if driver is None:
         return command.result_of(await run_fallback(command))
-    claim = claim_lane(scope.clinic_id, audit_lanes)
-    order = [(claim.lane + i) % audit_lanes for i in range(audit_lanes)]
+    claims: list[LaneClaim] = []
+
+    def begin() -> str:
+        # Claimed once a connection is held: a unit still queued for one would only keep
+        # a lane from the units that are running.
+        claims.append(claim := claim_lane(scope.clinic_id, audit_lanes))
+        return _begin(scope.clinic_id, claim.sql)
+
     pool_key = id(driver)
     try:
-        async with driver.transaction(_begin(scope.clinic_id, claim.sql)) as conn:
+        async with driver.transaction(begin) as conn:
             outcome = await command.run(conn, scope, engine.dialect)
             audit = fill_rows(outcome.audit)
-            lane = claim.lane
+            lane = claims[0].lane
             if audit:
+                order = [(lane + i) % audit_lanes for i in range(audit_lanes)]
                 lane = await append_on_lane(conn, pool_key, scope.clinic_id, lane, audit, order)
     finally:
-        release_lane(claim)
+        for claim in claims:
+            release_lane(claim)
     if audit:
         last = audit[-1]
         remember_head(pool_key, scope.clinic_id, lane, last["seq"], last["row_hash"])

@@ -2,12 +2,12 @@
 
 PostgreSQL (:func:`postgres_flush`), on the driver connection, in the common case three
 round trips for however many rows: ``BEGIN`` with the clinic setting and a try-lock of this
-process's lane (first choice) or another free lane; one ``INSERT ... SELECT FROM unnest(...)``
-of every row, chained onto the lane head this process remembers and guarded in the same
-statement (it inserts nothing unless this transaction holds that lane and the remembered
-head is still the lane's newest row); ``COMMIT``. Otherwise (first flush of a clinic in this
-process, another lane taken, a head moved by another process) the lane and its head are
-read under the lock and the rows chained onto them. A unique index on
+process's lane (first choice) or another free lane; one ``INSERT ... SELECT FROM
+json_to_recordset(...)`` of every row, chained onto the lane head this process remembers and
+guarded in the same statement (it inserts nothing unless this transaction holds that lane
+and the remembered head is still the lane's newest row); ``COMMIT``. Otherwise (first flush
+of a clinic in this process, another lane taken, a head moved by another process) the lane
+and its head are read under the lock and the rows chained onto them. A unique index on
 ``(clinic_id, lane, seq)`` stands behind all of it: a flush that lost a race fails whole,
 rolls back and is re-chained.
 
@@ -25,12 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from healthdb.driver_pool import DriverPool
 from healthdb.internal.audit.append import (
-    UNNEST_COLUMNS,
-    UNNEST_INSERT,
+    JSON_INSERT,
     append_rows,
     fill_rows,
-    insert_unnest,
-    unnest_arrays,
+    insert_json,
+    rows_json,
 )
 from healthdb.internal.audit.chain import GENESIS_HASH, lane_keys, row_hash
 from healthdb.internal.audit.lanes import (
@@ -47,7 +46,7 @@ __all__ = ["append_on_lane", "postgres_flush", "session_flush"]
 #: Attempts of one flush that lost a race for a lane position (unique violation).
 ATTEMPTS = 3
 
-_N = len(UNNEST_COLUMNS)
+_N = 1  # the rows, as one JSON document
 # Parameters after the arrays: the lane as text, the clinic, the lane, the remembered
 # head's seq and hash. One init-plan, evaluated once for the whole statement.
 # The lane's newest row is read by one backward scan of the (clinic_id, lane, seq) index:
@@ -58,7 +57,7 @@ _NEWEST = (
     "AND a.seq IS NOT NULL ORDER BY a.seq DESC LIMIT 1)"
 )
 _GUARDED_INSERT = (
-    f"{UNNEST_INSERT} WHERE (SELECT current_setting('{LANE_SETTING}', true) = ${_N + 1} "
+    f"{JSON_INSERT} WHERE (SELECT current_setting('{LANE_SETTING}', true) = ${_N + 1} "
     f"AND COALESCE({_NEWEST.format(col='a.seq', clinic=_N + 2, lane=_N + 3)}, 0) = ${_N + 4} "
     f"AND (${_N + 4} = 0 OR "
     f"{_NEWEST.format(col='a.row_hash', clinic=_N + 2, lane=_N + 3)} = ${_N + 5}))"
@@ -118,7 +117,7 @@ async def append_on_lane(
     if head is not None:
         _seal(rows, mine, head)
         guard = (str(mine), clinic_id, mine, head[0], head[1])
-        status = await driver.execute(_GUARDED_INSERT, *unnest_arrays(rows), *guard)
+        status = await driver.execute(_GUARDED_INSERT, rows_json(rows), *guard)
         if status == f"INSERT 0 {len(rows)}":
             return mine
     lane = await driver.fetchval(_LOCKED_LANE)
@@ -127,7 +126,7 @@ async def append_on_lane(
         await driver.execute(_WAIT_LANE, lane_keys(clinic_id, len(order))[lane])
     found = await driver.fetchrow(_HEAD, clinic_id, lane)
     _seal(rows, lane, None if found is None else (found["seq"], found["row_hash"]))
-    await insert_unnest(driver, rows)
+    await insert_json(driver, rows)
     return int(lane)
 
 
