@@ -22,6 +22,15 @@ values = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
     st.uuids(),
     st.datetimes(timezones=st.just(dt.UTC)),
+    st.datetimes(timezones=st.just(dt.UTC)).map(lambda t: t.replace(microsecond=0)),
+    st.datetimes(  # a foreign offset (kept off the calendar's edges, where UTC overflows)
+        min_value=dt.datetime(2, 1, 1),
+        max_value=dt.datetime(9998, 12, 31),
+        timezones=st.builds(
+            dt.timezone,
+            st.timedeltas(min_value=-dt.timedelta(hours=23), max_value=dt.timedelta(hours=23)),
+        ),
+    ),
     st.lists(texts, max_size=5),
 )
 

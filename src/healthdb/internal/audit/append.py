@@ -178,10 +178,11 @@ def fill_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ids = iter(new_ids(sum(1 for row in rows if not row.get("id"))))
     filled = [{**_DEFAULTS, **row, "id": row.get("id") or next(ids)} for row in rows]
     previous: dt.datetime | None = None
+    now = utcnow()  # once: the rows of one call happen together, ordered by the ticks below
     for row in filled:
         if row.get("clinic_id") is None:
             raise ClinicContextRequired("an audit row needs a clinic_id")
-        stamp = row.get("occurred_at") or utcnow()
+        stamp = row.get("occurred_at") or now
         if previous is not None and stamp <= previous:
             stamp = previous + _TICK
         row["occurred_at"] = previous = stamp

@@ -81,10 +81,12 @@ def row_hash(fields: dict[str, Any]) -> str:
     # Built in sorted key order and encoded by orjson: byte for byte what
     # ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` gives
     # (a property test holds the two together), several times faster. orjson writes
-    # strings, ints, lists and uuids itself (a uuid as str() gives it); timestamps, and any
-    # type it does not know, go through _canonical.
+    # strings, ints, lists and uuids itself (a uuid as str() gives it), and a UTC timestamp
+    # with a non-zero microsecond exactly as isoformat(timespec="microseconds") does; any
+    # other timestamp (it would drop ".000000" or keep a foreign offset) and any type it does
+    # not know go through _canonical.
     document = {name: fields.get(name) for name in _ORDER}
-    return hashlib.sha256(orjson.dumps(document, default=_canonical, option=_PASS)).hexdigest()
-
-
-_PASS = orjson.OPT_PASSTHROUGH_DATETIME
+    for name, value in document.items():
+        if type(value) is dt.datetime and not (value.tzinfo is dt.UTC and value.microsecond):
+            document[name] = _canonical(value)
+    return hashlib.sha256(orjson.dumps(document, default=_canonical)).hexdigest()
