@@ -17,7 +17,7 @@ from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
 from healthdb_api.deps import require_roles
-from healthdb_api.limits import BodySizeLimit
+from healthdb_api.limits import BodyLimit
 from healthdb_api.routes import appointments, audit, patients, users
 from healthdb_api.settings import ApiSettings
 from healthdb_api.suspicious import SuspiciousInputMonitor
@@ -62,9 +62,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.verified_tokens = VerifiedTokens(app.state.token_config)
     errors.install(app)
-    # Inside the size limit (added first = innermost): it scans bodies already bounded.
+    # Inside the body limit (added first = innermost): it scans bodies already bounded.
     app.add_middleware(SuspiciousInputMonitor)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+    )
     app.add_middleware(AccessLog)  # outermost: ids and times everything below
     app.include_router(health_router())
     app.include_router(metrics_router())

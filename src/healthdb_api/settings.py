@@ -33,6 +33,9 @@ class ApiSettings(Settings):
     )
     auto_migrate: bool = Field(True, description="migrate an embedded SQLite database at start")
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_json_depth: int = Field(
+        32, ge=2, le=256, description="JSON bodies nested deeper are refused with 400"
+    )
     log_level: str = "INFO"
     log_json: bool = True
 
