@@ -28,7 +28,14 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
 )
 from healthdb.health import HealthReport, PoolStatus
-from healthdb.internal import connection_wall, isolation, phi_access, query_cache, rls
+from healthdb.internal import (
+    change_audit,
+    connection_wall,
+    isolation,
+    phi_access,
+    query_cache,
+    rls,
+)
 from healthdb.internal.audit.flush import postgres_flush, session_flush
 from healthdb.internal.audit.writer import AuditWriter, Flush
 from healthdb.internal.invalidation import InvalidationBus
@@ -84,6 +91,7 @@ class DatabaseService:
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
         phi_access.install(isolation.TenantSession)
+        change_audit.install(isolation.TenantSession)  # writes to clinics, users, settings
         for engine in (engines.primary, engines.critical):
             connection_wall.install(engine.sync_engine)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)

@@ -16,6 +16,7 @@ from healthdb import (
     Role,
     as_uuid,
 )
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
 from healthdb.models import Clinic
 from healthdb.repositories import normalize_email
@@ -50,7 +51,7 @@ async def create_account(
     async with DatabaseService.connect(settings) as db:
         if await email_taken(db, email):
             raise AccountError("an account with this e-mail already exists")
-        clinic = target or await _new_clinic(db, clinic_name or "Clinic")
+        clinic = target or await create_clinic(db, clinic_name or "Clinic")
         password_hash = hash_password(password)
 
         async def op(session: AsyncSession) -> uuid.UUID:
@@ -72,14 +73,3 @@ async def create_account(
         except ConflictError:
             raise AccountError("an account with this e-mail already exists") from None
         return user_id, clinic
-
-
-async def _new_clinic(db: DatabaseService, name: str) -> uuid.UUID:
-    clinic = Clinic(id=uuid.uuid4(), name=name, active=True)
-
-    async def op(session: AsyncSession) -> None:
-        session.add(clinic)
-        await session.flush()
-
-    await db.execute_write(op, QueryOptions.for_write("cli.create_clinic"))
-    return clinic.id

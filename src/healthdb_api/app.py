@@ -13,6 +13,7 @@ from healthdb.contrib.fastapi import admin_router, database_lifespan, health_rou
 from healthdb.migrate import upgrade
 from healthdb_api import errors
 from healthdb_api.access import AccessLog, configure_access_log
+from healthdb_api.auth import registration
 from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
@@ -36,13 +37,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with database(app):
-            throttle = _login_throttle(settings)
-            if throttle is not None:
-                app.state.login_throttle = throttle
+            throttles = _shared_throttles(settings)
+            for name, throttle in throttles.items():
+                setattr(app.state, name, throttle)
             try:
                 yield
             finally:
-                if throttle is not None:
+                for throttle in throttles.values():
                     await throttle.close()
 
     # FastAPI's own OpenTelemetry hooks look up the global providers on every request;
@@ -71,6 +72,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health_router())
     app.include_router(metrics_router())
     app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
+    app.include_router(registration.router)
     app.include_router(auth_routes.router)
     app.include_router(users.router)
     app.include_router(patients.router)
@@ -104,16 +106,25 @@ async def preflight(settings: ApiSettings) -> HealthdbError | None:
         return exc
 
 
-def _login_throttle(settings: ApiSettings) -> RedisLoginThrottle | None:
-    """With Redis configured, one login throttle for every instance (in-process fallback
-    while Redis is unreachable); without, the routes create an in-process one."""
+def _shared_throttles(settings: ApiSettings) -> dict[str, RedisLoginThrottle]:
+    """With Redis configured, one login and one registration throttle for every instance
+    (in-process fallback while Redis is unreachable); without, the routes create in-process
+    ones on first use."""
     if settings.redis_url is None:
-        return None
-    client = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
+        return {}
+
+    def client() -> Redis:
+        assert settings.redis_url is not None
+        return Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+
+    login = RedisLoginThrottle(
+        client(), fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
     )
-    return RedisLoginThrottle(
-        client, fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
-    )
+    return {
+        "login_throttle": login,
+        "register_throttle": registration.shared_throttle(settings, client()),
+    }

@@ -31,6 +31,13 @@ class ApiSettings(Settings):
     login_failure_window: int = Field(
         900, ge=1, le=86_400, description="seconds: the brute-force sliding window"
     )
+    register_max_per_address: int = Field(
+        10, ge=1, le=1_000_000, description="registrations per client address in the window"
+    )
+    register_max_per_email: int = Field(
+        3, ge=1, le=1000, description="registrations per e-mail address in the window"
+    )
+    register_window: int = Field(3600, ge=1, le=86_400, description="seconds")
     auto_migrate: bool = Field(True, description="migrate an embedded SQLite database at start")
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_json_depth: int = Field(

@@ -51,7 +51,8 @@ async def _set_override(app: FastAPI, clinic_id: str, per_minute: int | None) ->
         )
         await session.execute(stmt)
 
-    await _db(app).execute_write(write)
+    async with _db(app).clinic(clinic_id):  # a clinic's row is written only in its scope
+        await _db(app).execute_write(write)
 
 
 async def _get(client: httpx.AsyncClient, account: Account) -> httpx.Response:

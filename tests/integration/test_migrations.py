@@ -33,8 +33,8 @@ def _engine(url: str) -> AsyncEngine:
     return create_engine(settings.url, settings, pool_size=1, max_overflow=0)
 
 
-def test_head_revision_is_blind_index_key_id() -> None:
-    assert migrate.head_revision() == "0007"
+def test_head_revision_is_every_table_walled() -> None:
+    assert migrate.head_revision() == "0008"
 
 
 async def test_empty_database_reaches_head_in_one_call(empty_url: str) -> None:

@@ -4,6 +4,7 @@ from healthdb.models.appointment import Appointment
 from healthdb.models.audit import AuditEvent
 from healthdb.models.base import Base, Tenant, is_tenant
 from healthdb.models.clinic import Clinic
+from healthdb.models.operator import PlatformOperator
 from healthdb.models.patient import Patient
 from healthdb.models.user import RefreshToken, User, UserLogin
 
@@ -13,6 +14,7 @@ __all__ = [
     "Base",
     "Clinic",
     "Patient",
+    "PlatformOperator",
     "RefreshToken",
     "Tenant",
     "User",
