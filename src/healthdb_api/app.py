@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from healthdb import DatabaseService, HealthdbError, Role
+from healthdb import DatabaseService, HealthdbError
 from healthdb.contrib.fastapi import admin_router, database_lifespan, health_router, metrics_router
 from healthdb.migrate import upgrade
 from healthdb_api import errors
@@ -17,8 +17,8 @@ from healthdb_api.auth import registration
 from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
-from healthdb_api.deps import require_roles
 from healthdb_api.limits import BodyLimit
+from healthdb_api.operators import require_operator
 from healthdb_api.routes import appointments, audit, patients, users
 from healthdb_api.settings import ApiSettings
 from healthdb_api.suspicious import SuspiciousInputMonitor
@@ -70,8 +70,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.add_middleware(AccessLog)  # outermost: ids and times everything below
     app.include_router(health_router())
-    app.include_router(metrics_router())
-    app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
+    # Operational figures span every clinic: platform operators only, never a clinic admin.
+    app.include_router(metrics_router(require=require_operator))
+    app.include_router(admin_router(require_admin=require_operator))
     app.include_router(registration.router)
     app.include_router(auth_routes.router)
     app.include_router(users.router)

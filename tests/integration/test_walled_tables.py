@@ -220,3 +220,18 @@ async def test_every_table_holding_a_clinic_id_is_behind_forced_row_level_securi
     assert holding <= set(walled_tables())
     assert set(walled_tables()) <= forced
     assert "clinics" in forced
+
+
+@pytest.mark.postgres
+async def test_the_runtime_role_cannot_make_itself_an_operator(
+    runtime: asyncpg.Connection,
+) -> None:
+    """Operators are created through the owner from the CLI; the service may only read them."""
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await runtime.execute(
+            "INSERT INTO platform_operators (id, name, key_hash, active) "
+            "VALUES ($1, 'me', 'x', true)",
+            uuid.uuid4(),
+        )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+        await runtime.execute("UPDATE platform_operators SET active = true")
