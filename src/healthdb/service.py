@@ -43,7 +43,7 @@ from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
 from healthdb.internal.query_cache import QueryCache
 from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
-from healthdb.internal.retry import retrying, translate
+from healthdb.internal.retry import log_retry, retrying, translate
 from healthdb.models.base import is_tenant
 from healthdb.models.clinic import Clinic
 from healthdb.phi.crypto import Keyring, using_keyring
@@ -265,8 +265,10 @@ class DatabaseService:
         purpose: str = "operations",
         options: TransactionOptions | None = None,
     ) -> T:
-        """Run ``op`` as a transaction inside a clinic scope."""
-        with clinic_scope(clinic_id, actor=actor, role=role, purpose=purpose):
+        """Run ``op`` as a transaction inside a clinic scope, charged to the clinic's request
+        budget first (:meth:`check_rate_limit`: :class:`RateLimited` over it, ``op`` not run)."""
+        with clinic_scope(clinic_id, actor=actor, role=role, purpose=purpose) as scope:
+            await self.check_rate_limit(scope.clinic_id)
             return await self.execute_transaction(op, options)
 
     async def execute_batch(
@@ -443,11 +445,12 @@ class DatabaseService:
 
         options = call.options
         if isinstance(options, TransactionOptions) and options.lock is LockMode.OPTIMISTIC:
-            return await optimistic(
-                run,
-                max_retries=options.max_retries,
-                on_retry=self.metrics.retries.labels("optimistic").inc,
-            )
+
+            def on_retry(attempt: int, exc: BaseException) -> None:
+                self.metrics.retries.labels("optimistic").inc()
+                log_retry(call.name, attempt, exc, kind="optimistic")
+
+            return await optimistic(run, max_retries=options.max_retries, on_retry=on_retry)
         return await run()
 
     async def _invalidate(self, tags: set[str]) -> None:
