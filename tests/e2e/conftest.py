@@ -118,9 +118,14 @@ async def forget_login_attempts() -> None:
     """Clear the shared login throttle's windows in the test Redis: in production every
     instance shares them for 15 minutes, so one test's deliberate failures from 127.0.0.1
     would otherwise lock the next test's logins out."""
+    await forget_redis_keys(LOGIN_KEYS)
+
+
+async def forget_redis_keys(prefix: str) -> None:
+    """Delete the test Redis's keys starting with ``prefix`` (windows of earlier tests)."""
     client = Redis.from_url(REDIS_URL)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{LOGIN_KEYS}*")]
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
         if keys:
             await client.delete(*keys)
     finally:

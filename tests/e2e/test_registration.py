@@ -13,13 +13,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
-from redis.asyncio import Redis
 
 from healthdb_api.app import create_app
 from healthdb_api.auth.registration import KEY_PREFIX
 from healthdb_api.settings import ApiSettings
 from tests.conftest import REDIS_URL
-from tests.e2e.conftest import PASSWORD, Account, register
+from tests.e2e.conftest import PASSWORD, Account, forget_redis_keys, register
 
 REGISTER = "/api/v1/auth/register"
 LIMITS = {"register_max_per_address": 4, "register_max_per_email": 2}
@@ -69,13 +68,7 @@ async def test_with_redis_every_instance_shares_the_registration_windows(
     api_settings: ApiSettings,
 ) -> None:
     settings = api_settings.model_copy(update={**LIMITS, "redis_url": SecretStr(REDIS_URL)})
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in redis.scan_iter(match=f"{KEY_PREFIX}*")]
-        if keys:
-            await redis.delete(*keys)
-    finally:
-        await redis.aclose()
+    await forget_redis_keys(KEY_PREFIX)
     async with AsyncExitStack() as stack:
         clients = []
         for app in (create_app(settings), create_app(settings)):

@@ -251,6 +251,12 @@ async def _login_row(db: DatabaseService, clinic: uuid.UUID) -> str:
     return email
 
 
+def _opened(table: str, match: str) -> tuple[str, str]:
+    """(mutation, repair): ``table``'s clinic_isolation replaced by a permissive policy."""
+    drop = f"DROP POLICY clinic_isolation ON {table}; CREATE POLICY clinic_isolation ON {table}"
+    return f"{drop} USING (true) WITH CHECK (true)", f"{drop} USING ({match}) WITH CHECK ({match})"
+
+
 @asynccontextmanager
 async def _mutated(owner: str, mutation: str, repair: str) -> AsyncIterator[None]:
     await _owner_sql(owner, mutation)
@@ -269,15 +275,7 @@ async def test_user_logins_policy_is_what_hides_every_clinics_staff_emails(
         await _login_row(db, await create_clinic(db, "L2"))
     assert await _logins_seen(runtime) == 0  # the wall up: no clinic, no login row
     assert await _runtime_sql(runtime, "DELETE FROM user_logins") == "DELETE 0"
-    permissive = (
-        "DROP POLICY clinic_isolation ON user_logins;"
-        " CREATE POLICY clinic_isolation ON user_logins USING (true) WITH CHECK (true)"
-    )
-    repair = (
-        "DROP POLICY clinic_isolation ON user_logins; CREATE POLICY clinic_isolation ON"
-        f" user_logins USING ({CLINIC_MATCH}) WITH CHECK ({CLINIC_MATCH})"
-    )
-    async with _mutated(owner, permissive, repair):
+    async with _mutated(owner, *_opened("user_logins", CLINIC_MATCH)):
         with pytest.raises(UnsafeDatabaseRole, match="user_logins"):
             await DatabaseService.connect(_settings(runtime))
         assert await _logins_seen(runtime) >= 2  # the leak the policy prevents
@@ -294,15 +292,7 @@ async def test_clinics_policy_is_what_stops_deactivating_every_clinic(
         victim = await create_clinic(db, "Victim")
     deactivate = "UPDATE clinics SET active = false WHERE id = $1"
     assert await _runtime_sql(runtime, deactivate, victim) == "UPDATE 0"
-    permissive = (
-        "DROP POLICY clinic_isolation ON clinics;"
-        " CREATE POLICY clinic_isolation ON clinics USING (true) WITH CHECK (true)"
-    )
-    repair = (
-        "DROP POLICY clinic_isolation ON clinics; CREATE POLICY clinic_isolation ON clinics"
-        f" USING ({CLINIC_KEY_MATCH}) WITH CHECK ({CLINIC_KEY_MATCH})"
-    )
-    async with _mutated(owner, permissive, repair):
+    async with _mutated(owner, *_opened("clinics", CLINIC_KEY_MATCH)):
         with pytest.raises(UnsafeDatabaseRole, match="clinics"):
             await DatabaseService.connect(_settings(runtime))
         assert await _runtime_sql(runtime, deactivate, victim) == "UPDATE 1"
