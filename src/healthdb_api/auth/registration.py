@@ -108,10 +108,7 @@ async def refuse_when_over_budget(throttle: LoginThrottle, address: str | None) 
     """429 when ``address`` has used up its window (before anything reveals whether an
     address is taken: the answer is the same for every address)."""
     key = address_key(address)
-    if key is None:
-        return
-    limit = _limit(throttle)
-    if limit is not None and await throttle.failures(key) >= limit:
+    if key is not None and await throttle.failures(key) >= throttle.address_limit:
         raise _too_many(1)
 
 
@@ -120,12 +117,6 @@ async def count_probe(throttle: LoginThrottle, email: str, address: str | None) 
     registration (once over, :func:`refuse_when_over_budget` answers 429)."""
     with contextlib.suppress(TooManyAttempts):  # the 409 is answered either way
         await throttle.begin(email, address)
-
-
-def _limit(throttle: LoginThrottle) -> int | None:
-    memory = getattr(throttle, "fallback", throttle)
-    limit = getattr(memory, "max_per_address", None)
-    return limit if isinstance(limit, int) else None
 
 
 def _too_many(retry_after: int) -> ApiError:
