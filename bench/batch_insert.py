@@ -49,8 +49,9 @@ from _common import (
     write_json,
 )
 from healthdb import BatchResult, DatabaseService, Settings
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
-from healthdb.models import Clinic, Patient
+from healthdb.models import Patient
 
 COPY_TABLE = "bench_patients_copy"
 
@@ -79,13 +80,7 @@ def settings_for(url: str) -> Settings:
 
 
 async def add_clinic(db: DatabaseService) -> uuid.UUID:
-    clinic_id = uuid.uuid4()
-
-    async def add(session: AsyncSession) -> None:
-        session.add(Clinic(id=clinic_id, name="Bench clinic"))
-
-    await db.execute_write(add)
-    return clinic_id
+    return await create_clinic(db, "Bench clinic")  # in its own scope (migration 0008)
 
 
 async def count_patients(db: DatabaseService) -> int:

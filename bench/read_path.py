@@ -59,8 +59,9 @@ from _common import (
     write_json,
 )
 from healthdb import BatchResult, DatabaseService, QueryOptions, Settings, keys
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
-from healthdb.models import Clinic, Patient
+from healthdb.models import Patient
 from healthdb.phi.crypto import Keyring, using_keyring
 from healthdb.repositories import patient_views
 
@@ -440,15 +441,11 @@ async def _measure(
 
 async def seed(db: DatabaseService, rows: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
     """One clinic and ``rows`` patients, through the facade; returns their ids."""
-    clinic_id = uuid.uuid4()
-
-    async def add_clinic(session: AsyncSession) -> None:
-        session.add(Clinic(id=clinic_id, name="Bench clinic"))
+    clinic_id = await create_clinic(db, "Bench clinic")  # in its own scope (migration 0008)
 
     async def patient_ids(session: AsyncSession) -> list[uuid.UUID]:
         return list((await session.scalars(select(Patient.id))).all())
 
-    await db.execute_write(add_clinic)
     async with db.clinic(clinic_id):
         outcome: BatchResult[Any] = await db.execute_batch(patient_rows(rows), Patient)
         if not outcome.ok:

@@ -24,8 +24,9 @@ from healthdb import (
     TransactionOptions,
     keys,
 )
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
-from healthdb.models import Appointment, Clinic, Patient, User
+from healthdb.models import Appointment, Patient, User
 from healthdb.repositories import PatientRepository
 
 Say = Callable[[str], None]
@@ -36,9 +37,7 @@ async def run_demo(settings: Settings, say: Say, *, patients: int = 2000) -> Non
     await upgrade(settings.admin_url)
     say("migrated the database to head")
     async with DatabaseService.connect(settings) as db:
-        clinic_id = await db.execute_write(
-            _add_clinic, QueryOptions.for_write().named("demo.clinic")
-        )
+        clinic_id = await create_clinic(db, "Demo Clinic")  # execute_write in its own scope
         say(f"execute_write: created clinic {clinic_id}")
         try:
             await db.execute_read(lambda s: s.scalar(select(func.count()).select_from(Patient)))
@@ -102,13 +101,6 @@ def _fake_patient(fake: Faker, i: int) -> dict[str, object]:
         "phone": fake.numerify("+1555#######"),
         "email": fake.email(),
     }
-
-
-async def _add_clinic(session: AsyncSession) -> uuid.UUID:
-    clinic = Clinic(name="Demo Clinic")
-    session.add(clinic)
-    await session.flush()
-    return clinic.id
 
 
 async def _add_clinician(session: AsyncSession) -> uuid.UUID:

@@ -168,10 +168,16 @@ async def check_models_match(url: str) -> list[object]:
 # -- the runtime role ---------------------------------------------------------------------------
 
 ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-# Tables the runtime role reads and writes besides the tenant tables (not under RLS).
-SHARED_TABLES = ("clinics", "user_logins")
+# Tables the runtime role reads and writes besides the tenant tables: under row-level
+# security too, keyed by their own id (migration 0008).
+SHARED_TABLES = ("clinics",)
 # Append-only in the database: the runtime role may add audit rows, never change them.
 APPEND_ONLY_TABLES = ("audit_events",)
+# Read only: operators are created from the CLI through the owner; readiness reads the
+# revision.
+READ_ONLY_TABLES = ("platform_operators", "alembic_version")
+# The only functions the runtime role may call: the login lookup (migration 0008).
+FUNCTIONS = ("healthdb_login_route(text)",)
 
 
 def _role_of(url: str) -> tuple[str | None, str | None]:
@@ -206,6 +212,7 @@ def _provision_sync(connection: Connection, role: str, password: str | None) -> 
     # Start from nothing on every run, so a grant that is no longer needed does not linger.
     connection.exec_driver_sql(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {quoted}")
     connection.exec_driver_sql(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {quoted}")
+    connection.exec_driver_sql(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM {quoted}")
     read_write = [t for t in (*tenant_tables(), *SHARED_TABLES) if t not in APPEND_ONLY_TABLES]
     for table in read_write:
         connection.exec_driver_sql(
@@ -213,7 +220,20 @@ def _provision_sync(connection: Connection, role: str, password: str | None) -> 
         )
     for table in APPEND_ONLY_TABLES:
         connection.exec_driver_sql(f'GRANT SELECT, INSERT ON TABLE "{table}" TO {quoted}')
-    connection.exec_driver_sql(f"GRANT SELECT ON TABLE alembic_version TO {quoted}")
+    existing = _existing_tables(connection)
+    for table in READ_ONLY_TABLES:
+        if table in existing:  # provisioning may follow an upgrade to an older revision
+            connection.exec_driver_sql(f'GRANT SELECT ON TABLE "{table}" TO {quoted}')
+    for function in FUNCTIONS:
+        if connection.execute(text("SELECT to_regprocedure(:f)"), {"f": function}).scalar():
+            connection.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION {function} TO {quoted}")
+
+
+def _existing_tables(connection: Connection) -> set[str]:
+    rows = connection.execute(
+        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    )
+    return {str(name) for (name,) in rows}
 
 
 def _current_database(connection: Connection) -> str:
@@ -227,10 +247,12 @@ async def provision_runtime_role(admin_url: str, runtime_url: str) -> None:
     The role can log in and owns nothing; it has neither SUPERUSER nor BYPASSRLS (so
     row-level security binds it), nor CREATEDB, CREATEROLE or REPLICATION. It holds exactly:
     CONNECT and TEMPORARY (bulk-insert staging) on the database, USAGE on schema ``public``,
-    SELECT/INSERT/UPDATE/DELETE on the tenant tables and on ``clinics`` and ``user_logins``,
-    only SELECT/INSERT on ``audit_events`` (append-only), and SELECT on ``alembic_version``
-    (readiness). Idempotent: every other table privilege is revoked and re-granted in one
-    transaction, serialised with migrations on the advisory lock. PostgreSQL only.
+    SELECT/INSERT/UPDATE/DELETE on the tenant tables and on ``clinics`` (all under forced
+    row-level security), only SELECT/INSERT on ``audit_events`` (append-only), SELECT on
+    ``platform_operators`` and ``alembic_version`` (readiness), and EXECUTE on the login
+    lookup function and no other. Idempotent: every other table and function privilege is
+    revoked and re-granted in one transaction, serialised with migrations on the advisory
+    lock. PostgreSQL only.
     """
     role, password = _role_of(runtime_url)
     if not Settings(database_url=admin_url).is_postgres or not role:

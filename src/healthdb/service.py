@@ -29,7 +29,14 @@ from healthdb.errors import (
     UnsafeDatabaseRole,
 )
 from healthdb.health import HealthReport, PoolStatus
-from healthdb.internal import connection_wall, isolation, phi_access, query_cache, rls
+from healthdb.internal import (
+    change_audit,
+    connection_wall,
+    isolation,
+    phi_access,
+    query_cache,
+    rls,
+)
 from healthdb.internal.audit.flush import postgres_flush, session_flush
 from healthdb.internal.audit.writer import AuditWriter, Flush
 from healthdb.internal.invalidation import InvalidationBus
@@ -37,7 +44,7 @@ from healthdb.internal.metrics import LatencySummary, QueryMetrics
 from healthdb.internal.optimizer import SlowQueryLog, SlowStatement
 from healthdb.internal.query_cache import QueryCache
 from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
-from healthdb.internal.retry import retrying, translate
+from healthdb.internal.retry import log_retry, retrying, translate
 from healthdb.models.base import is_tenant
 from healthdb.models.clinic import Clinic
 from healthdb.phi.crypto import Keyring, using_keyring
@@ -88,6 +95,7 @@ class DatabaseService:
         isolation.install(isolation.TenantSession)
         query_cache.install(isolation.TenantSession)
         phi_access.install(isolation.TenantSession)
+        change_audit.install(isolation.TenantSession)  # writes to clinics, users, settings
         for engine in (engines.primary, engines.critical):
             connection_wall.install(engine.sync_engine)
         self._sessions = Sessions.for_engine(engines.primary, session_class=isolation.TenantSession)
@@ -267,8 +275,10 @@ class DatabaseService:
         purpose: str = "operations",
         options: TransactionOptions | None = None,
     ) -> T:
-        """Run ``op`` as a transaction inside a clinic scope."""
-        with clinic_scope(clinic_id, actor=actor, role=role, purpose=purpose):
+        """Run ``op`` as a transaction inside a clinic scope, charged to the clinic's request
+        budget first (:meth:`check_rate_limit`: :class:`RateLimited` over it, ``op`` not run)."""
+        with clinic_scope(clinic_id, actor=actor, role=role, purpose=purpose) as scope:
+            await self.check_rate_limit(scope.clinic_id)
             return await self.execute_transaction(op, options)
 
     async def execute_batch(
@@ -458,11 +468,12 @@ class DatabaseService:
 
         options = call.options
         if isinstance(options, TransactionOptions) and options.lock is LockMode.OPTIMISTIC:
-            return await optimistic(
-                run,
-                max_retries=options.max_retries,
-                on_retry=self.metrics.retries.labels("optimistic").inc,
-            )
+
+            def on_retry(attempt: int, exc: BaseException) -> None:
+                self.metrics.retries.labels("optimistic").inc()
+                log_retry(call.name, attempt, exc, kind="optimistic")
+
+            return await optimistic(run, max_retries=options.max_retries, on_retry=on_retry)
         return await run()
 
     async def _invalidate(self, tags: set[str]) -> None:

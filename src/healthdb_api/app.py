@@ -8,17 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from healthdb import DatabaseService, HealthdbError, Role
+from healthdb import DatabaseService, HealthdbError
 from healthdb.contrib.fastapi import admin_router, database_lifespan, health_router, metrics_router
 from healthdb.migrate import upgrade
 from healthdb_api import errors
 from healthdb_api.access import AccessLog, configure_access_log
+from healthdb_api.auth import registration
 from healthdb_api.auth import routes as auth_routes
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
 from healthdb_api.auth.tokens import TokenConfig, VerifiedTokens
-from healthdb_api.deps import require_roles
 from healthdb_api.fhir import api as fhir
-from healthdb_api.limits import BodySizeLimit
+from healthdb_api.limits import BodyLimit
+from healthdb_api.operators import require_operator
 from healthdb_api.routes import appointments, audit, patients, users
 from healthdb_api.settings import ApiSettings
 from healthdb_api.suspicious import SuspiciousInputMonitor
@@ -37,13 +38,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with database(app):
-            throttle = _login_throttle(settings)
-            if throttle is not None:
-                app.state.login_throttle = throttle
+            throttles = _shared_throttles(settings)
+            for name, throttle in throttles.items():
+                setattr(app.state, name, throttle)
             try:
                 yield
             finally:
-                if throttle is not None:
+                for throttle in throttles.values():
                     await throttle.close()
 
     # FastAPI's own OpenTelemetry hooks look up the global providers on every request;
@@ -63,20 +64,24 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.verified_tokens = VerifiedTokens(app.state.token_config)
     errors.install(app)
-    # Inside the size limit (added first = innermost): it scans bodies already bounded.
+    # Inside the body limit (added first = innermost): it scans bodies already bounded.
     app.add_middleware(SuspiciousInputMonitor)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+    )
     app.add_middleware(AccessLog)  # outermost: ids and times everything below
     # Routes are matched in order, one by one: the busiest routers come first.
     app.include_router(patients.router)
     app.include_router(appointments.router)
     app.include_router(auth_routes.router)
     app.include_router(users.router)
+    app.include_router(registration.router)
     app.include_router(audit.router)
     app.include_router(fhir.router)
-    app.include_router(admin_router(require_admin=require_roles(Role.CLINIC_ADMIN)))
+    # Operational figures span every clinic: platform operators only, never a clinic admin.
+    app.include_router(admin_router(require_admin=require_operator))
     app.include_router(health_router())
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(require=require_operator))
     return app
 
 
@@ -105,16 +110,25 @@ async def preflight(settings: ApiSettings) -> HealthdbError | None:
         return exc
 
 
-def _login_throttle(settings: ApiSettings) -> RedisLoginThrottle | None:
-    """With Redis configured, one login throttle for every instance (in-process fallback
-    while Redis is unreachable); without, the routes create an in-process one."""
+def _shared_throttles(settings: ApiSettings) -> dict[str, RedisLoginThrottle]:
+    """With Redis configured, one login and one registration throttle for every instance
+    (in-process fallback while Redis is unreachable); without, the routes create in-process
+    ones on first use."""
     if settings.redis_url is None:
-        return None
-    client = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
+        return {}
+
+    def client() -> Redis:
+        assert settings.redis_url is not None
+        return Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+
+    login = RedisLoginThrottle(
+        client(), fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
     )
-    return RedisLoginThrottle(
-        client, fallback=auth_routes.memory_throttle(settings), timeout=settings.redis_timeout
-    )
+    return {
+        "login_throttle": login,
+        "register_throttle": registration.shared_throttle(settings, client()),
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import signal
 from types import FrameType
 from typing import Annotated
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from sqlalchemy.exc import IntegrityError
 
 from healthdb import Role
 from healthdb import cli as library_cli
@@ -36,6 +38,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console(stderr=True)
+OPERATOR_HANDLE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 # The library's commands (migrate, demo) and command groups (audit, keys), unchanged.
 app.registered_commands.extend(library_cli.app.registered_commands)
@@ -228,6 +231,57 @@ def create_user(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(f"[green]created {role.value} {user_id} in clinic {clinic}[/green]")
+
+
+# -- platform operators -----------------------------------------------------------------------
+
+operator_app = typer.Typer(
+    help="Platform operators: read operational figures across clinics, no clinic's rows.",
+    no_args_is_help=True,
+)
+app.add_typer(operator_app, name="operator")
+OperatorName = Annotated[
+    str, typer.Option(help="the operator's handle (letters, digits, . _ -)", show_default=False)
+]
+
+
+@operator_app.command("create")
+def operator_create(name: OperatorName) -> None:
+    """Create an operator through the database owner (HEALTHDB_ADMIN_DATABASE_URL) and print
+    its key to stdout, once: only its SHA-256 is stored. Send it as `Authorization: Bearer
+    <key>` to /metrics and /api/v1/admin/database/*."""
+    from healthdb import ConflictError
+    from healthdb_api.operators import create_operator
+
+    if not OPERATOR_HANDLE.fullmatch(name):
+        raise typer.BadParameter("a handle of 1-64 letters, digits, '.', '_' or '-'")
+    try:
+        key = asyncio.run(create_operator(ApiSettings(), name))
+    except (ConflictError, IntegrityError):
+        console.print(f"[red]an operator named {name!r} already exists[/red]")
+        raise typer.Exit(1) from None
+    typer.echo(key)
+    console.print(f"[green]created operator {name!r}; the key above is not shown again[/green]")
+
+
+@operator_app.command("revoke")
+def operator_revoke(name: OperatorName) -> None:
+    """Deactivate an operator's key at once."""
+    from healthdb_api.operators import revoke_operator
+
+    if not asyncio.run(revoke_operator(ApiSettings(), name)):
+        console.print(f"[red]no active operator named {name!r}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]revoked operator {name!r}[/green]")
+
+
+@operator_app.command("list")
+def operator_list() -> None:
+    """The operators and whether each is active (never their keys)."""
+    from healthdb_api.operators import list_operators
+
+    for name, active in asyncio.run(list_operators(ApiSettings())):
+        typer.echo(f"{name}\t{'active' if active else 'revoked'}")
 
 
 def main() -> None:

@@ -37,6 +37,9 @@ log = structlog.get_logger("healthdb_api")
 # (shorter ones, "a" or "at", occur in rule descriptions by coincidence).
 _ECHO_MIN = 4
 _WORD = re.compile(r"\w+")
+# A client-chosen key is input too (it could hold anything, PHI or text no encoder takes):
+# it is named only when it looks like a field name.
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 STATUS: list[tuple[type[HealthdbError], int]] = [
     (InvalidInput, 422),
@@ -141,12 +144,31 @@ def _safe_msg(err: Any) -> str:
     return msg
 
 
+def safe_key(key: object) -> str:
+    """``key`` when it looks like a field name, else ``"?"`` (for logs and error bodies)."""
+    text = str(key)
+    return text if _SAFE_KEY.fullmatch(text) else "?"
+
+
+def _safe_loc(err: Any) -> list[str | int]:
+    """The error's location; an unknown key the client sent is named only if it is safe."""
+    loc = list(err.get("loc", ()))
+    if loc and err.get("type") == "extra_forbidden":
+        loc[-1] = safe_key(loc[-1])
+    # Our own locations are ASCII field names (and pydantic's union tags); anything else
+    # came from the request.
+    return [
+        part if isinstance(part, int) or (part.isascii() and part.isprintable()) else "?"
+        for part in loc
+    ]
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Echo where and why, never the rejected input (it may be PHI or a password): pydantic's
     # ``input`` and ``ctx`` are dropped and a message that quotes the input is replaced.
     details = [
-        {"loc": list(err.get("loc", ())), "msg": _safe_msg(err), "type": err.get("type", "")}
+        {"loc": _safe_loc(err), "msg": _safe_msg(err), "type": err.get("type", "")}
         for err in exc.errors()
     ]
     return error_response(422, "validation_error", "request validation failed", details)

@@ -1,30 +1,31 @@
 """Request and response bodies of the patients and appointments routes.
 
-Every string is NFC-normalised (so a name typed with combining accents matches the same
-name typed precomposed), may not contain NUL or, for single-line fields, any other control
-character, and is bounded by its database column. Values are otherwise stored verbatim:
-``O'Brien`` stays ``O'Brien``. Request bodies refuse unknown fields (typos fail loudly).
+Every string is NFC-normalised, follows the one text rule of :mod:`healthdb_api.fields`
+(no surrogates, no control characters, no invisible formatting in single-line fields) and
+is bounded by its database column; times carry a UTC offset and fall within years 1-9999
+in UTC. Values are otherwise stored verbatim: ``O'Brien`` stays ``O'Brien``. Request
+bodies refuse unknown fields (typos fail loudly).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 import uuid
 from typing import Annotated, Any, Literal, Self
 
 import phonenumbers
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
     StringConstraints,
     model_validator,
 )
+
+from healthdb_api import fields
+from healthdb_api.fields import Instant, MultiLineRule, Nfc, SingleLine, Trimmed, bounded
 
 #: The accepted values of ``sex`` (administrative sex, as on most intake forms).
 Sex = Literal["female", "male", "other", "unknown"]
@@ -36,30 +37,8 @@ MAX_APPOINTMENT = dt.timedelta(hours=12)
 #: Birth dates are compared with "today" in the earliest time zone on Earth (UTC+14), so a
 #: baby born today anywhere is never rejected as born in the future.
 _EARLIEST_ZONE = dt.timezone(dt.timedelta(hours=14))
-
-_MULTILINE_OK = frozenset("\n\r\t")
-
-
-def _nfc(value: Any) -> Any:
-    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
-
-
-def _nfc_trimmed(value: Any) -> Any:
-    # Trimmed here, not with ``strip_whitespace``: after a before-validator pydantic checks
-    # ``min_length`` before stripping, which would let "   " through as a name.
-    return unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else value
-
-
-def _single_line(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _multi_line(value: str) -> str:
-    if any(unicodedata.category(ch) == "Cc" and ch not in _MULTILINE_OK for ch in value):
-        raise ValueError("must not contain control characters other than newlines and tabs")
-    return value
+#: The largest version a 32-bit version column holds.
+MAX_VERSION = 2**31 - 1
 
 
 def _e164(value: str) -> str:
@@ -80,25 +59,19 @@ def _not_future(value: dt.date) -> dt.date:
     return value
 
 
-_Nfc = BeforeValidator(_nfc)
-_Trimmed = BeforeValidator(_nfc_trimmed)
-_SingleLine = AfterValidator(_single_line)
-
-
-def _bounded(max_length: int, *, min_length: int = 0) -> StringConstraints:
-    return StringConstraints(min_length=min_length, max_length=max_length)
-
-
-# Single-line strings: NFC, trimmed, no control characters, bounded by their column.
-Mrn = Annotated[str, _Trimmed, _bounded(64, min_length=1), _SingleLine]
-Name = Annotated[str, _Trimmed, _bounded(200, min_length=1), _SingleLine]
-Address = Annotated[str, _Trimmed, _bounded(500), _SingleLine]
-Ssn = Annotated[str, _Trimmed, _bounded(64), _SingleLine]
-Reason = Annotated[str, _Trimmed, _bounded(500), _SingleLine]
+# Single-line strings: NFC, trimmed, the text rule of :mod:`healthdb_api.fields`, bounded
+# by their column.
+Mrn = Annotated[str, Trimmed, bounded(64, min_length=1), SingleLine]
+Name = fields.Name
+Address = Annotated[str, Trimmed, bounded(500), SingleLine]
+Ssn = Annotated[str, Trimmed, bounded(64), SingleLine]
+Reason = Annotated[str, Trimmed, bounded(500), SingleLine]
 # Notes keep their whitespace and line breaks.
-Notes = Annotated[str, _Nfc, StringConstraints(max_length=MAX_NOTES), AfterValidator(_multi_line)]
-Phone = Annotated[str, _Trimmed, _bounded(32, min_length=1), AfterValidator(_e164)]
-Email = Annotated[EmailStr, _Trimmed, Field(max_length=320)]
+Notes = Annotated[str, Nfc, StringConstraints(max_length=MAX_NOTES), MultiLineRule]
+Phone = Annotated[str, Trimmed, bounded(32, min_length=1), AfterValidator(_e164)]
+Email = Annotated[EmailStr, Trimmed, Field(max_length=320)]
+#: Versions are 32-bit in the database; a larger one cannot match and is refused early.
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 BirthDate = Annotated[dt.date, AfterValidator(_not_future)]
 
 
@@ -128,7 +101,7 @@ class SsnLookup(_Request):
     """``POST /api/v1/patients/ssn-lookup``: the SSN travels in the body, never in a URL
     (URLs end up in proxy logs, browser history and Referer headers)."""
 
-    ssn: Annotated[str, _Trimmed, _bounded(64, min_length=1), _SingleLine]
+    ssn: Annotated[str, Trimmed, bounded(64, min_length=1), SingleLine]
 
 
 #: Fields a PATCH may set to ``null`` (the nullable columns); the others may only change.
@@ -152,7 +125,7 @@ class PatientUpdate(_Request):
     address: Address | None = None
     ssn: Ssn | None = None
     notes: Notes | None = None
-    version: int | None = Field(default=None, ge=1)
+    version: Version | None = None
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> Self:
@@ -205,8 +178,8 @@ class AppointmentCreate(_Request):
 
     patient_id: uuid.UUID
     clinician_id: uuid.UUID
-    start_at: AwareDatetime
-    end_at: AwareDatetime
+    start_at: Instant
+    end_at: Instant
     reason: Reason | None = None
 
     @model_validator(mode="after")

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faker import Faker
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 from healthdb import BatchResult, DatabaseService, Role, Settings
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade_with_role
-from healthdb.models import Appointment, Clinic, Patient, User
+from healthdb.models import Appointment, Patient, User
 
 __all__ = [
     "ClinicSeeded",
@@ -216,7 +216,8 @@ async def seed_into(
     for _ in range(plan.clinics):
         name = f"{clinic_rng.choice(pools.towns)} {clinic_rng.choice(_CLINIC_KINDS)}"
         report.clinics.append(ClinicSeeded(clinic_id=uuid.uuid4(), name=name))
-    await db.execute_write(lambda s: _add_clinics(s, report.clinics))
+    for clinic in report.clinics:  # each in its own scope: a clinic row is written only there
+        await create_clinic(db, clinic.name, clinic_id=clinic.clinic_id, purpose="seed")
     progress("clinics", len(report.clinics))
 
     loader = _Loader(
@@ -255,10 +256,6 @@ async def seed_into(
 
 
 # -- writing ---------------------------------------------------------------------------------
-
-
-async def _add_clinics(session: AsyncSession, clinics: Sequence[ClinicSeeded]) -> None:
-    session.add_all(Clinic(id=c.clinic_id, name=c.name) for c in clinics)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from healthdb_api.limits import replay_body
+from healthdb_api.errors import safe_key
+from healthdb_api.limits import is_json, replay_body
 
 __all__ = ["RULES", "Finding", "SuspiciousInputMonitor", "detect", "scan"]
 
@@ -44,9 +45,8 @@ RULES: dict[str, re.Pattern[str]] = {
 
 #: Methods whose JSON bodies are scanned (others carry no body worth scanning).
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# A location is logged only when its key looks like a field name: a client-chosen key is
-# input too, and could be anything (PHI included).
-_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+#: Query strings with more fields are not scanned (parsing them is bounded work).
+MAX_QUERY_FIELDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +62,6 @@ def detect(text: str) -> tuple[str, ...]:
     return tuple(name for name, pattern in RULES.items() if pattern.search(text))
 
 
-def _key(key: object) -> str:
-    text = str(key)
-    return text if _SAFE_KEY.fullmatch(text) else "?"
-
-
 def scan(value: Any, location: str = "body") -> Iterator[Finding]:
     """Walk a decoded JSON value and yield a :class:`Finding` per suspicious string."""
     if isinstance(value, str):
@@ -75,8 +70,8 @@ def scan(value: Any, location: str = "body") -> Iterator[Finding]:
             yield Finding(location, rules)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from scan(key, f"{location}.{_key(key)}<key>")
-            yield from scan(item, f"{location}.{_key(key)}")
+            yield from scan(key, f"{location}.{safe_key(key)}<key>")
+            yield from scan(item, f"{location}.{safe_key(key)}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from scan(item, f"{location}[{index}]")
@@ -85,22 +80,19 @@ def scan(value: Any, location: str = "body") -> Iterator[Finding]:
 def scan_query(query_string: bytes) -> Iterator[Finding]:
     """Findings in a raw query string (``query.name``)."""
     text = query_string.decode("latin-1")
-    for key, item in parse_qsl(text, keep_blank_values=True):
-        yield from scan(item, f"query.{_key(key)}")
-
-
-def _is_json(scope: Scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            media = bytes(value).decode("latin-1").split(";", 1)[0].strip().lower()
-            return media == "application/json" or media.endswith("+json")
-    return False
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        return  # absurdly many fields: not worth a scan (the routes take a few)
+    for key, item in pairs:
+        yield from scan(item, f"query.{safe_key(key)}")
 
 
 class SuspiciousInputMonitor:
     """ASGI middleware: log a security event for injection-looking input, pass it on as is.
 
-    Placed inside the body-size limit, so the body it buffers is already bounded.
+    Placed inside :class:`~healthdb_api.limits.BodyLimit`, so the body it buffers and parses
+    is already bounded in size and nesting depth.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -112,7 +104,7 @@ class SuspiciousInputMonitor:
             return
         query = scope.get("query_string", b"")
         findings = list(scan_query(query)) if query else []
-        if scope.get("method") in BODY_METHODS and _is_json(scope):
+        if scope.get("method") in BODY_METHODS and is_json(scope):
             body, disconnected = await _read_body(receive)
             if disconnected:
                 return  # the client went away; nothing to answer
@@ -126,8 +118,10 @@ class SuspiciousInputMonitor:
 def _scan_body(body: bytes) -> list[Finding]:
     try:
         decoded = json.loads(body)
-    except ValueError:
-        return []  # not JSON after all: request validation answers it
+    except (ValueError, RecursionError):
+        # Not JSON after all (request validation answers it), or nested beyond what the
+        # body limit lets through when this monitor runs without it: nothing to scan.
+        return []
     return list(scan(decoded))
 
 

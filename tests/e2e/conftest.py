@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -23,6 +24,11 @@ from tests.conftest import REDIS_URL
 PASSWORD = "correct horse battery staple 42"
 
 
+#: Every test registers its clinics from one address: the registration windows are
+#: exercised by tests of their own (test_registration.py), with their own limits.
+ROOMY_REGISTRATION = {"register_max_per_address": 1_000_000, "register_max_per_email": 1000}
+
+
 @pytest.fixture
 def api_settings(migrated_url: str, tmp_path: Path) -> ApiSettings:
     return ApiSettings(
@@ -31,6 +37,7 @@ def api_settings(migrated_url: str, tmp_path: Path) -> ApiSettings:
         data_dir=tmp_path,
         auto_migrate=False,
         log_json=False,
+        **ROOMY_REGISTRATION,  # type: ignore[arg-type]
     )
 
 
@@ -67,20 +74,20 @@ class Account:
 
 
 async def register(client: httpx.AsyncClient, *, clinic_name: str | None = None) -> Account:
-    """Register a new clinic and its admin, then log in."""
+    """Register a new clinic and its admin, then log in. Registration answers alike for free
+    and taken addresses, so the ids are read from the access token's claims (``/auth/me``
+    would spend a unit of the clinic's request budget, which the rate-limit tests count)."""
     email = f"admin-{uuid.uuid4().hex[:10]}@clinic.example"
-    body = {
-        "clinic_name": clinic_name or f"Clinic {uuid.uuid4().hex[:6]}",
-        "email": email,
-        "password": PASSWORD,
-        "full_name": "Ada Admin",
-    }
+    name = clinic_name or f"Clinic {uuid.uuid4().hex[:6]}"
+    body = {"clinic_name": name, "email": email, "password": PASSWORD, "full_name": "Ada Admin"}
     created = await client.post("/api/v1/auth/register", json=body)
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     tokens = await login(client, email, PASSWORD)
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    user = {"id": claims["sub"], "clinic_id": claims["cid"], "email": email, "role": claims["role"]}
     return Account(
-        user=created.json()["user"],
-        clinic=created.json()["clinic"],
+        user=user,
+        clinic={"id": claims["cid"], "name": name},
         email=email,
         password=PASSWORD,
         access_token=tokens["access_token"],
@@ -111,9 +118,14 @@ async def forget_login_attempts() -> None:
     """Clear the shared login throttle's windows in the test Redis: in production every
     instance shares them for 15 minutes, so one test's deliberate failures from 127.0.0.1
     would otherwise lock the next test's logins out."""
+    await forget_redis_keys(LOGIN_KEYS)
+
+
+async def forget_redis_keys(prefix: str) -> None:
+    """Delete the test Redis's keys starting with ``prefix`` (windows of earlier tests)."""
     client = Redis.from_url(REDIS_URL)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{LOGIN_KEYS}*")]
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
         if keys:
             await client.delete(*keys)
     finally:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from pydantic import SecretStr
 
 from healthdb_api.app import create_app
+from healthdb_api.operators import create_operator, list_operators, revoke_operator
 from healthdb_api.settings import ApiSettings
 from tests.e2e.conftest import register, staff
 
@@ -45,9 +48,30 @@ async def test_ready(client: httpx.AsyncClient) -> None:
     assert body["migrated"] is True
 
 
-async def test_metrics_is_prometheus_text(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+def owner_settings(
+    api_settings: ApiSettings, migrated_url: str, request: pytest.FixtureRequest
+) -> ApiSettings:
+    """The service's settings with the owner as admin URL, as the CLI runs."""
+    owner = migrated_url
+    if migrated_url.startswith("postgresql"):
+        owner = str(request.getfixturevalue("pg_admin_migrated_url"))
+    return api_settings.model_copy(update={"admin_database_url": SecretStr(owner)})
+
+
+@pytest.fixture
+async def operator(owner_settings: ApiSettings) -> dict[str, str]:
+    """Auth headers of a new platform operator, created as ``healthdb operator create``."""
+    name = f"ops-{uuid.uuid4().hex[:8]}"
+    key = await create_operator(owner_settings, name)
+    return {"Authorization": f"Bearer {key}", "X-Operator": name}
+
+
+async def test_metrics_is_prometheus_text_for_operators(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
     await register(client)  # some database operations to measure
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=operator)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
@@ -56,27 +80,37 @@ async def test_metrics_is_prometheus_text(client: httpx.AsyncClient) -> None:
     assert "healthdb_pool_checked_out" in text
 
 
-# -- admin database endpoints -----------------------------------------------------------------
+# -- operational figures: platform operators only ---------------------------------------------
+
+OPERATOR_ENDPOINTS = [*ADMIN_ENDPOINTS, "/metrics"]
 
 
-@pytest.mark.parametrize("path", ADMIN_ENDPOINTS)
-async def test_admin_endpoints_need_a_token(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.get(path)
-    assert_error(response, 401, "unauthorized")
-    bogus = await client.get(path, headers={"Authorization": "Bearer not-a-token"})
-    assert_error(bogus, 401, "unauthorized")
+@pytest.mark.parametrize("path", OPERATOR_ENDPOINTS)
+async def test_operational_figures_need_an_operator_key(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    assert_error(await client.get(path), 401, "unauthorized")
+    for token in ("not-a-token", "hdbop_" + "x" * 43):
+        bogus = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert_error(bogus, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("path", ADMIN_ENDPOINTS)
-async def test_admin_endpoints_refuse_a_doctor(client: httpx.AsyncClient, path: str) -> None:
+@pytest.mark.parametrize("path", OPERATOR_ENDPOINTS)
+@pytest.mark.parametrize("role", ["clinic_admin", "doctor"])
+async def test_no_clinic_user_sees_figures_that_span_every_clinic(
+    client: httpx.AsyncClient, path: str, role: str
+) -> None:
+    """A clinic admin sees no figure at all: pools, latencies and counters describe every
+    clinic's activity combined."""
     admin = await register(client)
-    _, doctor = await staff(client, admin, "doctor")
-    assert_error(await client.get(path, headers=doctor), 403, "forbidden")
+    headers = admin.headers if role == "clinic_admin" else (await staff(client, admin, role))[1]
+    assert_error(await client.get(path, headers=headers), 403, "forbidden")
 
 
-async def test_admin_sees_database_health(client: httpx.AsyncClient) -> None:
-    admin = await register(client)
-    response = await client.get(f"{ADMIN}/health", headers=admin.headers)
+async def test_an_operator_sees_database_health(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    response = await client.get(f"{ADMIN}/health", headers=operator)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["ok"] is True
@@ -87,9 +121,11 @@ async def test_admin_sees_database_health(client: httpx.AsyncClient) -> None:
     assert set(body["pools"]["primary"]) == {"size", "checked_out", "overflow"}
 
 
-async def test_admin_sees_metrics_summary(client: httpx.AsyncClient) -> None:
-    admin = await register(client)
-    response = await client.get(f"{ADMIN}/metrics-summary", headers=admin.headers)
+async def test_an_operator_sees_the_metrics_summary(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    await register(client)
+    response = await client.get(f"{ADMIN}/metrics-summary", headers=operator)
     assert response.status_code == 200, response.text
     body = response.json()
     assert {"pools", "latency", "cache"} <= set(body)
@@ -99,6 +135,19 @@ async def test_admin_sees_metrics_summary(client: httpx.AsyncClient) -> None:
         assert summary["count"] >= 1
     assert {"entries", "hit_ratio"} <= set(body["cache"])
     assert isinstance(body["slow_statements"], list)
+
+
+async def test_an_operator_reads_no_clinic_rows_and_a_revoked_key_is_refused(
+    client: httpx.AsyncClient, operator: dict[str, str], owner_settings: ApiSettings
+) -> None:
+    await register(client)
+    # An operator is nobody in any clinic: every clinic route refuses the key.
+    for path in ("/api/v1/patients", "/api/v1/users", "/api/v1/admin/audit", "/api/v1/auth/me"):
+        assert_error(await client.get(path, headers=operator), 401, "unauthorized")
+    assert (operator["X-Operator"], True) in await list_operators(owner_settings)
+    assert await revoke_operator(owner_settings, operator["X-Operator"])
+    assert_error(await client.get("/metrics", headers=operator), 401, "unauthorized")
+    assert not await revoke_operator(owner_settings, operator["X-Operator"])
 
 
 # -- docs and error shapes --------------------------------------------------------------------

@@ -297,18 +297,27 @@ async def test_auth_events_are_recorded(client: httpx.AsyncClient) -> None:
     summary = [(e["action"], e["actor_id"], e["actor_role"], e["outcome"]) for e in trail]
     admin_id, nurse_id = admin.user["id"], nurse["id"]
     assert summary == [
-        ("user.create", None, "clinic_admin", "success"),  # registration: no actor yet
+        ("clinic.create", None, "clinic_admin", "success"),  # registration: no actor yet
+        ("user.create", None, "clinic_admin", "success"),
         ("auth.login", admin_id, "clinic_admin", "success"),
         ("user.create", admin_id, "clinic_admin", "success"),
         ("auth.login_failed", nurse_id, "nurse", "failure"),
         ("auth.login", nurse_id, "nurse", "success"),
         ("auth.refresh_reuse", nurse_id, "nurse", "denied"),
         ("user.role_change", admin_id, "clinic_admin", "success"),
+        ("user.update", admin_id, "clinic_admin", "success"),
     ]
     by_action = {e["action"]: e for e in trail}
-    assert trail[0]["resource_id"] == admin_id
-    assert trail[2]["resource_id"] == nurse_id
-    assert trail[2]["request_id"] == created.headers["x-request-id"]
+    assert trail[0]["resource_id"] == admin.clinic["id"]
+    assert trail[1]["resource_id"] == admin_id
+    assert trail[3]["resource_id"] == nurse_id
+    assert trail[3]["request_id"] == created.headers["x-request-id"]
+    # Writes to clinics and users name the fields written, never their values.
+    assert trail[0]["reason"] == "fields: active, id, name"
+    assert (
+        trail[3]["reason"] == "fields: active, clinic_id, email, full_name, id, password_hash, role"
+    )
+    assert by_action["user.update"]["reason"] == "fields: role"
     assert by_action["auth.login_failed"]["request_id"] == wrong.headers["x-request-id"]
     assert by_action["auth.login_failed"]["reason"] == "wrong password"
     assert by_action["auth.login"]["request_id"] == ok.headers["x-request-id"]

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from healthdb import DatabaseService
 from healthdb.models import Clinic, RefreshToken, User, UserLogin
 from healthdb_api.app import create_app
+from healthdb_api.auth.registration import ACCEPTED_MESSAGE
 from healthdb_api.auth.sessions import hash_token
 from healthdb_api.auth.throttle import MemoryLoginThrottle
 from healthdb_api.auth.throttle_redis import RedisLoginThrottle
@@ -58,7 +59,7 @@ class FakeClock:
 # -- register -------------------------------------------------------------------------------
 
 
-async def test_register_returns_user_and_clinic(client: httpx.AsyncClient) -> None:
+async def test_register_answers_202_and_the_new_admin_logs_in(client: httpx.AsyncClient) -> None:
     email = _new_email("Admin")
     body = {
         "clinic_name": "  Riverside Family Practice  ",
@@ -67,22 +68,21 @@ async def test_register_returns_user_and_clinic(client: httpx.AsyncClient) -> No
         "full_name": " Ada Admin ",
     }
     response = await client.post(f"{AUTH}/register", json=body)
-    assert response.status_code == 201, response.text
-    data = response.json()
-    assert set(data) == {"user", "clinic"}
-    user, clinic = data["user"], data["clinic"]
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "accepted", "message": ACCEPTED_MESSAGE}
+    assert PASSWORD not in response.text
+    tokens = await login(client, email, PASSWORD)  # stored trimmed and lowercased
+    me = await client.get(
+        f"{AUTH}/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    user = me.json()
     assert set(user) == {"id", "email", "full_name", "role", "clinic_id", "active", "created_at"}
-    assert set(clinic) == {"id", "name"}
     assert user["email"] == email.lower()
     assert user["full_name"] == "Ada Admin"
     assert user["role"] == "clinic_admin"
     assert user["active"] is True
-    assert user["clinic_id"] == clinic["id"]
-    assert clinic["name"] == "Riverside Family Practice"
-    uuid.UUID(user["id"])
+    uuid.UUID(user["clinic_id"])
     dt.datetime.fromisoformat(user["created_at"])
-    assert "password" not in response.text
-    assert PASSWORD not in response.text
 
 
 async def test_register_writes_user_and_login_in_the_new_clinic(
@@ -95,10 +95,16 @@ async def test_register_writes_user_and_login_in_the_new_clinic(
     async def load_login(session: AsyncSession) -> UserLogin | None:
         return await session.scalar(select(UserLogin).where(UserLogin.email == account.email))
 
-    entry = await db.execute_read(load_login)
+    async def load_clinic(session: AsyncSession) -> Clinic | None:
+        return await session.get(Clinic, clinic_id)
+
+    async with db.clinic(clinic_id):
+        entry = await db.execute_read(load_login)
+        clinic = await db.execute_read(load_clinic)
     assert entry is not None
-    assert entry.clinic_id == clinic_id
     assert str(entry.user_id) == account.user["id"]
+    assert clinic is not None
+    assert clinic.name == account.clinic["name"]
 
     async def load_user(session: AsyncSession) -> User | None:
         return await session.get(User, entry.user_id)
@@ -110,34 +116,38 @@ async def test_register_writes_user_and_login_in_the_new_clinic(
     assert PASSWORD not in user.password_hash
 
 
-async def test_duplicate_email_is_409_with_a_generic_message(client: httpx.AsyncClient) -> None:
-    account = await register(client)
-    body = {
-        "clinic_name": "Another clinic",
-        "email": account.email.upper(),
-        "password": PASSWORD,
-        "full_name": "Someone Else",
-    }
-    response = await client.post(f"{AUTH}/register", json=body)
-    assert response.status_code == 409
-    error = response.json()["error"]
-    assert error["code"] == "conflict"
-    assert account.email not in error["message"]
-    assert "exist" not in error["message"]
-
-
-async def test_duplicate_registration_leaves_no_orphan_clinic(
+async def test_a_taken_email_gets_exactly_the_answer_of_a_free_one(
     client: httpx.AsyncClient, app: FastAPI
 ) -> None:
-    name = f"Orphan check {uuid.uuid4().hex}"
+    """Registration must not tell a stranger which addresses have accounts: same status,
+    byte-identical body; the taken address's account is untouched and nothing is created."""
     account = await register(client)
-    body = {"clinic_name": name, "email": account.email, "password": PASSWORD, "full_name": "X Y"}
-    assert (await client.post(f"{AUTH}/register", json=body)).status_code == 409
+    name = f"Orphan check {uuid.uuid4().hex}"
+    other = "another horse battery staple 77"
+    taken = await client.post(
+        f"{AUTH}/register",
+        json={
+            "clinic_name": name,
+            "email": account.email.upper(),
+            "password": other,
+            "full_name": "Someone Else",
+        },
+    )
+    free = await client.post(
+        f"{AUTH}/register",
+        json={"clinic_name": "Free", "email": _new_email(), "password": other, "full_name": "S E"},
+    )
+    assert (taken.status_code, taken.content) == (free.status_code, free.content)
+    assert taken.status_code == 202
+    assert account.email not in taken.text
+    # The account keeps its password; the would-be registrant's password opens nothing.
+    await login(client, account.email, PASSWORD)
+    assert (await _login_raw(client, account.email, other)).status_code == 401
 
     async def count(session: AsyncSession) -> int:
         return len((await session.scalars(select(Clinic).where(Clinic.name == name))).all())
 
-    assert await _db(app).execute_read(count) == 0
+    assert await _db(app).execute_read(count) == 0  # no orphan clinic
 
 
 @pytest.mark.parametrize(
@@ -192,7 +202,8 @@ async def test_weak_passwords_are_refused_with_a_helpful_422(
     assert password not in response.text
     # Nothing was created: the e-mail is still free.
     body["password"] = PASSWORD
-    assert (await client.post(f"{AUTH}/register", json=body)).status_code == 201
+    assert (await client.post(f"{AUTH}/register", json=body)).status_code == 202
+    await login(client, email, PASSWORD)
 
 
 # -- login ----------------------------------------------------------------------------------
@@ -264,7 +275,9 @@ async def test_me_returns_the_current_user(client: httpx.AsyncClient) -> None:
     account = await register(client)
     response = await client.get(f"{AUTH}/me", headers=account.headers)
     assert response.status_code == 200
-    assert response.json() == account.user
+    me = response.json()
+    assert me == {**me, **account.user}  # what the token named, and the rest of the user
+    assert (me["full_name"], me["active"]) == ("Ada Admin", True)
 
 
 @pytest.mark.parametrize(
@@ -523,7 +536,8 @@ async def test_inactive_clinic_or_user_cannot_log_in(
             update(Clinic).where(Clinic.id == uuid.UUID(account.clinic["id"])).values(active=False)
         )
 
-    await db.execute_write(deactivate)
+    async with db.clinic(account.clinic["id"]):  # a clinic's row is written only there
+        await db.execute_write(deactivate)
     refused = await _login_raw(client, account.email, PASSWORD)
     unknown = await _login_raw(client, _new_email(), PASSWORD)
     assert refused.status_code == 401

@@ -56,6 +56,10 @@ async def test_a_created_admin_can_log_in_and_add_staff_to_the_new_clinic(
         ({"email": "not-an-email"}, "email"),
         ({"clinic_id": str(uuid.uuid4()), "clinic_name": None}, "no such clinic"),
         ({"clinic_id": "garbage", "clinic_name": None}, "UUID"),
+        # The command line stores names under the same rule as the HTTP routes.
+        ({"full_name": "Mallory\u202eyrollaM"}, "full name must not contain bidirectional"),
+        ({"clinic_name": "Clinic\x00"}, "clinic name must not contain control"),
+        ({"full_name": "   "}, "full name"),
     ],
 )
 async def test_bad_input_is_refused_with_a_reason(

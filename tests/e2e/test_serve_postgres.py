@@ -74,7 +74,7 @@ def test_migrate_then_serve_as_the_provisioned_runtime_role(
             "password": "correct horse battery staple 42",
             "full_name": "Ada Admin",
         }
-        assert httpx.post(f"{base}/api/v1/auth/register", json=body).status_code == 201
+        assert httpx.post(f"{base}/api/v1/auth/register", json=body).status_code == 202
         process.send_signal(signal.SIGTERM)
         assert process.wait(EXIT_WITHIN) == 0
     finally:

@@ -97,7 +97,7 @@ def test_serve_end_to_end_and_graceful_sigterm(
                 "full_name": "Ada Admin",
             },
         )
-        assert created.status_code == 201, created.text
+        assert created.status_code == 202, created.text
         login = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
         assert login.status_code == 200, login.text
         headers = {"Authorization": f"Bearer {login.json()['access_token']}"}

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from healthdb.models import Clinic, Patient, User
 from healthdb.service import DatabaseService
@@ -79,16 +81,22 @@ def backend(migrated_url: str) -> str:
 
 
 @pytest.fixture
-def make_clinic(db: DatabaseService) -> MakeClinic:
-    """``await make_clinic()`` -> the id of a new clinic (clinics are not a tenant table)."""
+def make_clinic(migrated_url: str, request: pytest.FixtureRequest) -> MakeClinic:
+    """``await make_clinic()`` -> the id of a new clinic, planted by the owner below the
+    facade, so that its audit chain starts empty (``healthdb.clinics.create_clinic``, the
+    facade's way, audits the creation: tests of that use it directly)."""
+    owner = migrated_url
+    if migrated_url.startswith("postgresql"):
+        owner = str(request.getfixturevalue("pg_admin_migrated_url"))
 
     async def make(name: str = "Test clinic") -> uuid.UUID:
         clinic_id = uuid.uuid4()
-
-        async def op(session: AsyncSession) -> None:
-            session.add(Clinic(id=clinic_id, name=name))
-
-        await db.execute_write(op)
+        engine = create_async_engine(Settings(database_url=owner).url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(Clinic).values(id=clinic_id, name=name, active=True))
+        finally:
+            await engine.dispose()
         return clinic_id
 
     return make

@@ -142,10 +142,10 @@ async def test_non_tenant_core_and_text_stay_allowed(
 
     assert await db.execute_read(core_clinic) == a
 
-    async def logins(s: AsyncSession) -> int:
-        return int((await s.execute(text("SELECT count(*) FROM user_logins"))).scalar_one())
+    async def operators(s: AsyncSession) -> int:
+        return int((await s.execute(text("SELECT count(*) FROM platform_operators"))).scalar_one())
 
-    assert await db.execute_read(logins) >= 0
+    assert await db.execute_read(operators) >= 0
 
     async def version(s: AsyncSession) -> Any:
         return (await s.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()

@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import DatabaseService, QueryOptions, Settings, keys
-from healthdb.models import Clinic, Patient
+from healthdb.clinics import create_clinic
+from healthdb.models import Patient
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.redis
@@ -29,13 +30,7 @@ def _settings(url: str, redis_url: str | None) -> Settings:
 
 
 async def _seed(db: DatabaseService) -> tuple[uuid.UUID, uuid.UUID]:
-    async def clinic(s: AsyncSession) -> uuid.UUID:
-        c = Clinic(name="bus")
-        s.add(c)
-        await s.flush()
-        return c.id
-
-    cid = await db.execute_write(clinic)
+    cid = await create_clinic(db, "bus")
 
     async def patient(s: AsyncSession) -> uuid.UUID:
         p = Patient(

@@ -40,6 +40,7 @@ from sqlalchemy.orm import (
 )
 
 from healthdb import keys
+from healthdb.clinics import create_clinic
 from healthdb.errors import HealthdbError
 from healthdb.models import Appointment, Clinic, Patient, Tenant, User
 from healthdb.query.options import QueryOptions
@@ -131,11 +132,8 @@ async def world(backend_url: str) -> AsyncIterator[World]:
     clinics = [uuid.uuid4() for _ in range(CLINICS)]
     rows: dict[str, list[Row]] = {"patient": [], "appointment": [], "user": []}
     try:
-
-        async def add_clinics(s: AsyncSession) -> None:
-            s.add_all(Clinic(id=c, name=f"Proof {token} {i}") for i, c in enumerate(clinics))
-
-        await db.execute_write(add_clinics)
+        for i, clinic_id in enumerate(clinics):
+            await create_clinic(db, f"Proof {token} {i}", clinic_id=clinic_id)
         base = dt.datetime(2030, 1, 7, 9, tzinfo=dt.UTC)
         for c, clinic in enumerate(clinics):
             patients = [

@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from healthdb.cli import app
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
-from healthdb.models import Clinic, Patient
+from healthdb.models import Patient
 from healthdb.phi.crypto import parse_key
 from healthdb.query.options import QueryOptions
 from healthdb.repositories.patients import PatientRepository
@@ -44,10 +45,7 @@ async def seed(url: str, per_clinic: int) -> dict[uuid.UUID, dict[uuid.UUID, str
             clinic_id = uuid.uuid4()
             patients = {uuid.uuid4(): f"55{c}-00-{n:04d}" for n in range(per_clinic)}
 
-            async def op(session: AsyncSession, clinic_id: uuid.UUID = clinic_id) -> None:
-                session.add(Clinic(id=clinic_id, name="CLI clinic"))
-
-            await db.execute_write(op)
+            await create_clinic(db, "CLI clinic", clinic_id=clinic_id)
 
             async def add(session: AsyncSession, patients: dict[uuid.UUID, str] = patients) -> None:
                 for pid, ssn in patients.items():

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import QueryOptions
+from healthdb.clinics import create_clinic
 from healthdb.engine import create_engine
 from healthdb.errors import AuditWriteFailed, EncryptionError, InvalidInput
 from healthdb.internal import audit_verify
@@ -446,13 +447,12 @@ async def test_audited_reads_in_concurrent_repeatable_read_transactions_both_suc
     transaction appended to the same lane after that snapshot, the append collides, and the
     whole unit is re-run with a fresh snapshot instead of failing."""
     from healthdb import IsolationLevel, TransactionOptions
-    from healthdb.models import Clinic
     from tests.integration.conftest import DEFAULTS, assert_pools_idle, patient_fields
 
     settings = Settings(database_url=pg_migrated_url, **{**DEFAULTS, "audit_lanes": 1})
     async with DatabaseService.connect(settings) as one_lane:
         clinic = uuid.uuid4()
-        await one_lane.execute_write(lambda s: _add(s, Clinic(id=clinic, name="rr")))
+        await create_clinic(one_lane, "rr", clinic_id=clinic)
         new = Patient(**patient_fields())
         async with one_lane.clinic(clinic, role="doctor"):
             await one_lane.execute_write(lambda s: _add(s, new))

@@ -11,7 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import urlparse
 
 import pytest
 from pydantic import SecretStr
@@ -25,6 +25,9 @@ from healthdb.internal.rate_limit import ClinicRateLimiter, LocalGcra, RedisGcra
 from healthdb.models import Clinic
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import MakeClinic, MakeDb
+
+#: The test database number of REDIS_URL: the proxy below must reach the same one.
+REDIS_DB = urlparse(REDIS_URL).path.lstrip("/") or "0"
 
 pytestmark = pytest.mark.redis
 
@@ -199,9 +202,10 @@ async def test_switches_back_to_redis_when_it_returns(prefix: str, redis: Redis)
     proxy = Proxy()
     await proxy.start()
     # The suite's Redis database (HEALTHDB_TEST_REDIS_URL), reached through the proxy.
-    database = urlsplit(REDIS_URL).path or "/0"
     client = Redis.from_url(
-        f"redis://127.0.0.1:{proxy.port}{database}", socket_timeout=0.5, socket_connect_timeout=0.5
+        f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}",
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
     )
     switches: list[str] = []
     limiter = ClinicRateLimiter(
@@ -249,7 +253,8 @@ async def test_facade_budget_override_and_exempt_emergency_lane(
         stmt = update(Clinic).where(Clinic.id == custom).values(rate_limit_per_minute=1)
         await session.execute(stmt)
 
-    await db.execute_write(set_override)
+    async with db.clinic(custom):  # a clinic's row is written only in its own scope
+        await db.execute_write(set_override)
 
     await db.check_rate_limit(clinic)
     await db.check_rate_limit(str(clinic))

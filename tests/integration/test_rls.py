@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 from healthdb import migrate
 from healthdb.errors import ClinicContextRequired, InvalidInput, UnsafeDatabaseRole
 from healthdb.internal import connection_wall
-from healthdb.internal.rls import POLICY_EXPRESSION
+from healthdb.internal.rls import CLINIC_POLICY_EXPRESSION, POLICY_EXPRESSION
 from healthdb.models import Patient
 from healthdb.models.base import tenant_tables
 from healthdb.service import DatabaseService
@@ -260,7 +260,10 @@ async def test_provisioned_role_owns_nothing_and_holds_only_what_it_needs(
     rw = {"SELECT", "INSERT", "UPDATE", "DELETE"}
     expected = dict.fromkeys(tenant_tables(), rw)
     expected.update(
-        clinics=rw, user_logins=rw, audit_events={"SELECT", "INSERT"}, alembic_version={"SELECT"}
+        clinics=rw,
+        audit_events={"SELECT", "INSERT"},
+        platform_operators={"SELECT"},
+        alembic_version={"SELECT"},
     )
     assert facts["privileges"] == expected
 
@@ -423,7 +426,7 @@ async def test_start_up_refuses_a_table_owner(staged: tuple[str, str, str], how:
             f'GRANT "{boss}" TO "{role}"',
         )
     try:
-        with pytest.raises(UnsafeDatabaseRole, match="owns tenant table 'appointments'"):
+        with pytest.raises(UnsafeDatabaseRole, match="owns table 'appointments'"):
             await _connect(runtime)
     finally:
         if how == "member_of_owner":
@@ -454,6 +457,36 @@ WEAK = "or the policy is not exactly"
             "current_setting('app.clinic_id', true) IS NULL)",
             WEAK,
         ),
+        # Migration 0008: the login routes and the clinics are behind the wall too.
+        ("ALTER TABLE user_logins NO FORCE ROW LEVEL SECURITY", "'user_logins' lacks ENABLE"),
+        ("DROP POLICY clinic_isolation ON user_logins", "'user_logins' lacks its"),
+        ("ALTER TABLE clinics DISABLE ROW LEVEL SECURITY", "'clinics' lacks ENABLE"),
+        (
+            f"ALTER POLICY clinic_isolation ON clinics USING ({CLINIC_POLICY_EXPRESSION} OR true)",
+            WEAK,
+        ),
+        # Opened up entirely.
+        ("ALTER POLICY clinic_isolation ON clinics USING (true) WITH CHECK (true)", WEAK),
+        # The directory is for reading only; widened to writes it would undo the wall.
+        (
+            "DROP POLICY clinic_directory ON clinics;"
+            " CREATE POLICY clinic_directory ON clinics FOR ALL USING (true)",
+            "other permissive row-level security policies \\(clinic_directory\\)",
+        ),
+        ("DROP POLICY clinic_directory ON clinics", "lacks its clinic_directory"),
+        # The owner's lookup policy opened to everyone is one more permissive policy.
+        ("ALTER POLICY login_lookup ON user_logins TO PUBLIC", "\\(login_lookup\\)"),
+        # The login lookup must stay the narrow SECURITY DEFINER function of 0008.
+        ("ALTER FUNCTION healthdb_login_route(text) SECURITY INVOKER", "login lookup function"),
+        ("ALTER FUNCTION healthdb_login_route(text) RESET search_path", "login lookup function"),
+        (
+            "CREATE OR REPLACE FUNCTION healthdb_login_route(p_email text) "
+            "RETURNS TABLE (user_id uuid, clinic_id uuid) LANGUAGE sql STABLE SECURITY DEFINER "
+            "SET search_path = pg_catalog, pg_temp AS "
+            "$$SELECT l.user_id, l.clinic_id FROM public.user_logins AS l$$",
+            "login lookup function",
+        ),
+        ("DROP FUNCTION healthdb_login_route(text)", "login lookup function"),
     ],
 )
 async def test_start_up_refuses_a_table_without_its_wall(

@@ -58,11 +58,12 @@ async def test_seed_counts_per_clinic(migrated_url: str, db: DatabaseService) ->
         assert details["clinician_roles"] <= {"doctor", "nurse"}
         # Seeded staff cannot log in: unusable hash and no login route.
         assert details["hashes"] == {"!"}
-        logins = await db.execute_read(
-            lambda s, ids=details["user_ids"]: s.scalar(
-                select(func.count()).select_from(UserLogin).where(UserLogin.user_id.in_(ids))
+        async with db.clinic(clinic.clinic_id, role="clinic_admin"):
+            logins = await db.execute_read(
+                lambda s, ids=details["user_ids"]: s.scalar(
+                    select(func.count()).select_from(UserLogin).where(UserLogin.user_id.in_(ids))
+                )
             )
-        )
         assert logins == 0
 
 

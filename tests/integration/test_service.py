@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from structlog.testing import capture_logs
 
 from healthdb import keys
 from healthdb.context import Role, current_scope
@@ -28,6 +29,7 @@ from healthdb.errors import (
     PhiNotCacheable,
     PoolTimeout,
     QueryTimeout,
+    RateLimited,
     ServiceClosed,
     TransientError,
 )
@@ -206,6 +208,28 @@ async def test_execute_with_clinic_context_sets_the_scope(
         assert patient.clinic_id == clinic
     with pytest.raises(InvalidInput):
         await db.execute_with_clinic_context("not-a-uuid", op)
+
+
+async def test_execute_with_clinic_context_charges_the_clinics_budget(
+    make_db: MakeDb, make_clinic: MakeClinic
+) -> None:
+    """The plan's executeWithClinicContext spends the clinic's request budget itself: a
+    caller cannot forget it. Over budget, the operation does not run."""
+    db = await make_db(rate_limit_per_minute=1, rate_limit_burst=1)
+    clinic, other = await make_clinic(), await make_clinic()
+    ran: list[uuid.UUID] = []
+
+    async def op(session: AsyncSession) -> None:
+        scope = current_scope()
+        assert scope is not None
+        ran.append(scope.clinic_id)
+
+    await db.execute_with_clinic_context(clinic, op)
+    with pytest.raises(RateLimited) as refused:
+        await db.execute_with_clinic_context(clinic, op)
+    assert refused.value.retry_after > 0
+    await db.execute_with_clinic_context(other, op)  # budgets are per clinic
+    assert ran == [clinic, other]
 
 
 # -- cached reads ---------------------------------------------------------------------
@@ -503,11 +527,18 @@ async def test_optimistic_conflict_is_retried_then_reported(
             )
         assert calls == 1
         calls = 0
-        with pytest.raises(ConflictError):
+        with capture_logs() as logs, pytest.raises(ConflictError):
             await db.execute_transaction(
-                interfering(99), TransactionOptions.optimistic(max_retries=2)
+                interfering(99), TransactionOptions.optimistic(max_retries=2).named("bump")
             )
         assert calls == 3
+        # Every re-run is logged: operation, attempt, error class; never a value.
+        retries = [e for e in logs if e["event"] == "retry"]
+        assert [(e["operation"], e["attempt"], e["kind"]) for e in retries] == [
+            ("bump", 2, "optimistic"),
+            ("bump", 3, "optimistic"),
+        ]
+        assert {e["error_type"] for e in retries} == {"StaleDataError"}
         calls = 0
         await db.execute_transaction(interfering(1), TransactionOptions.optimistic())
         assert calls == 2

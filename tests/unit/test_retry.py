@@ -8,6 +8,7 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
+from structlog.testing import capture_logs
 
 from healthdb import errors
 from healthdb.internal.metrics import QueryMetrics
@@ -150,8 +151,19 @@ async def test_transient_errors_are_rerun_and_others_raised_at_once() -> None:
             raise wrap(sa_exc.OperationalError, "40001")
         return "ok"
 
-    assert await run_step(flaky, attempts=4) == "ok"
+    with capture_logs() as logs:
+        assert await run_step(flaky, attempts=4) == "ok"
     assert calls == 3
+    # Each re-run is logged: operation, attempt, error class and SQLSTATE, no message.
+    retries = [e for e in logs if e["event"] == "retry"]
+    assert [(e["operation"], e["attempt"]) for e in retries] == [("query", 2), ("query", 3)]
+    assert {(e["error_type"], e["sqlstate"], e["kind"]) for e in retries} == {
+        ("OperationalError", "40001", "transient")
+    }
+    assert all(
+        set(e) == {"event", "log_level", "operation", "attempt", "kind", "error_type", "sqlstate"}
+        for e in retries
+    )
 
     calls = 0
 

@@ -85,7 +85,11 @@ async def _at_head(db: DatabaseService) -> bool:
 
 
 def admin_router(*, require_admin: Callable[..., Any]) -> APIRouter:
-    """``/api/v1/admin/database/{health,metrics-summary}`` behind ``require_admin``."""
+    """``/api/v1/admin/database/{health,metrics-summary}`` behind ``require_admin``.
+
+    These figures describe every clinic at once (pools, latencies, slow statements): guard
+    them with a dependency that admits only whoever runs the service, never a clinic's own
+    admin, or one clinic sees the others' activity."""
     router = APIRouter(
         prefix="/api/v1/admin/database", tags=["admin"], dependencies=[Depends(require_admin)]
     )
@@ -107,9 +111,10 @@ def admin_router(*, require_admin: Callable[..., Any]) -> APIRouter:
     return router
 
 
-def metrics_router() -> APIRouter:
-    """``/metrics`` in Prometheus text format (labels carry no data values)."""
-    router = APIRouter(tags=["metrics"])
+def metrics_router(*, require: Callable[..., Any] | None = None) -> APIRouter:
+    """``/metrics`` in Prometheus text format (labels carry no data values), behind
+    ``require`` when given (the counters cover every clinic at once)."""
+    router = APIRouter(tags=["metrics"], dependencies=[] if require is None else [Depends(require)])
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(db: Db) -> Response:

@@ -55,6 +55,8 @@ class Access:
     resource_id: str | None
     fields: tuple[str, ...]
     model: type[Any] | None = None
+    #: The audit row's ``reason`` (a non-PHI write names its changed fields there).
+    note: str | None = None
 
     @classmethod
     def of(
@@ -238,6 +240,7 @@ def audit_rows(
                 "resource_type": record.resource_type,
                 "resource_id": record.resource_id,
                 "phi_fields": list(record.fields),
+                **({} if record.note is None else {"reason": record.note[:500]}),
             }
         )
     return rows

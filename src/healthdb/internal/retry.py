@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import asyncpg
+import structlog
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
 from tenacity import (
@@ -16,6 +17,8 @@ from tenacity import (
 
 from healthdb import errors
 from healthdb.driver_pool import DriverDisconnect
+
+log = structlog.get_logger("healthdb.retry")
 
 SERIALIZATION_FAILURE = "40001"
 DEADLOCK = "40P01"
@@ -135,6 +138,20 @@ def retryable(exc: BaseException, *, idempotent: bool) -> bool:
     """Transient failures always; a dead connection only for an idempotent unit (a read):
     a write whose connection died may have committed, and re-running could apply it twice."""
     return is_transient(exc) or (idempotent and is_disconnect(exc))
+
+
+def log_retry(operation: str, attempt: int, exc: BaseException, *, kind: str = "transient") -> None:
+    """Log that ``operation`` runs again as attempt number ``attempt`` (2 for the first
+    re-run) after ``exc``: its class and SQLSTATE only, never its message (it can quote
+    values). Counted separately in ``healthdb_retries_total{kind}``."""
+    log.warning(
+        "retry",
+        operation=operation,
+        attempt=attempt,
+        kind=kind,
+        error_type=type(exc).__name__,
+        sqlstate=sqlstate(exc),
+    )
 
 
 def retrying(*, attempts: int, max_wait: float) -> Callable[[bool], AsyncRetrying]:

@@ -5,6 +5,7 @@ from healthdb.models.audit import AuditEvent
 from healthdb.models.base import Base, Tenant, is_tenant
 from healthdb.models.clinic import Clinic
 from healthdb.models.export import ExportFile, ExportJob
+from healthdb.models.operator import PlatformOperator
 from healthdb.models.patient import Patient
 from healthdb.models.user import RefreshToken, User, UserLogin
 
@@ -16,6 +17,7 @@ __all__ = [
     "ExportFile",
     "ExportJob",
     "Patient",
+    "PlatformOperator",
     "RefreshToken",
     "Tenant",
     "User",

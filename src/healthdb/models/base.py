@@ -11,6 +11,8 @@ from sqlalchemy import DateTime, MetaData, TypeDecorator, Uuid, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
+from healthdb.errors import InvalidInput
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -35,7 +37,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass a timezone-aware value")
-        return value.astimezone(dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            # 9999-12-31T23:00-05:00 is year 10000 in UTC: no backend can hold it. A typed
+            # error (translated once, like every other) rather than a driver failure.
+            raise InvalidInput("a timestamp must fall within years 1-9999 in UTC") from None
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 class User(Tenant, Timestamped, Base):
     __tablename__ = "users"
+    #: Writes are audited as ``user.create`` / ``user.update`` / ``user.delete``.
+    __audit_as__: ClassVar[str] = "user"
     __table_args__ = (
         # Target of composite foreign keys, so a row can only point at a user of its clinic.
         UniqueConstraint("clinic_id", "id"),
@@ -44,11 +46,14 @@ class User(Tenant, Timestamped, Base):
     )
 
 
-class UserLogin(Base):
+class UserLogin(Tenant, Base):
     """Routes an email to its clinic *before* any clinic scope exists (login).
 
-    Deliberately not a tenant table and free of PHI: it holds only what a login needs to
-    pick the clinic, so the user row itself stays behind both isolation walls.
+    A tenant table like any other (both walls; forced row-level security since migration
+    0008), free of PHI: it holds only what a login needs to pick the clinic. The one read
+    that runs before a clinic is known goes through :func:`healthdb.repositories.find_login`,
+    which on PostgreSQL calls a narrow ``SECURITY DEFINER`` function returning the one row
+    of one exact address, and nothing else.
     """
 
     __tablename__ = "user_logins"
@@ -62,7 +67,6 @@ class UserLogin(Base):
         String(320), primary_key=True, info=not_phi("a staff member's work login")
     )
     user_id: Mapped[uuid.UUID] = mapped_column(unique=True)
-    clinic_id: Mapped[uuid.UUID] = mapped_column()
 
 
 class RefreshToken(Tenant, Timestamped, Base):

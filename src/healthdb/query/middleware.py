@@ -27,7 +27,7 @@ from healthdb.errors import ClinicContextRequired, HealthdbError, InvalidInput
 from healthdb.internal.metrics import QueryMetrics
 from healthdb.internal.optimizer import current_operation
 from healthdb.internal.query_cache import QueryCache
-from healthdb.internal.retry import retryable, translate
+from healthdb.internal.retry import log_retry, retryable, translate
 from healthdb.query.options import QueryOptions, ReadStrategy, TransactionOptions
 from healthdb.query.pipeline import Call, CallKind, Handler, Middleware
 from healthdb.view import Read
@@ -162,8 +162,8 @@ def cached(cache: QueryCache, metrics: QueryMetrics) -> Middleware:
 
 
 def retried(make_retrying: Callable[[bool], AsyncRetrying], metrics: QueryMetrics) -> Middleware:
-    """Re-run on serialization failures and deadlocks (and, for reads, dead connections);
-    translate every error once."""
+    """Re-run on serialization failures and deadlocks (and, for reads, dead connections),
+    logging each re-run (operation, attempt, error class); translate every error once."""
 
     def wrap(next_: Handler) -> Handler:
         async def handler(call: Call) -> Any:
@@ -176,11 +176,17 @@ def retried(make_retrying: Callable[[bool], AsyncRetrying], metrics: QueryMetric
                 except Exception as exc:
                     if not retryable(exc, idempotent=idempotent):
                         raise
+                    failure: BaseException = exc
                 await asyncio.sleep(random.uniform(0.005, 0.02))
                 async for attempt in make_retrying(idempotent):
                     with attempt:
                         metrics.retries.labels("transient").inc()
-                        return await next_(call)
+                        log_retry(call.name, attempt.retry_state.attempt_number + 1, failure)
+                        try:
+                            return await next_(call)
+                        except Exception as exc:
+                            failure = exc  # named in the next attempt's line
+                            raise
             except _DRIVER_ERRORS as exc:
                 raise translate(exc) from exc
             raise AssertionError("unreachable")  # pragma: no cover

@@ -247,9 +247,13 @@ async def _audit(
 
 
 async def optimistic(
-    run: Callable[[], Awaitable[Any]], *, max_retries: int, on_retry: Callable[[], None]
+    run: Callable[[], Awaitable[Any]],
+    *,
+    max_retries: int,
+    on_retry: Callable[[int, BaseException], None],
 ) -> Any:
-    """Re-run the whole unit on a version conflict, then give up with :class:`ConflictError`."""
+    """Re-run the whole unit on a version conflict, then give up with :class:`ConflictError`.
+    ``on_retry(attempt, error)`` is told of each re-run (attempt 2 is the first)."""
     for attempt in range(max_retries + 1):
         try:
             return await run()
@@ -258,6 +262,6 @@ async def optimistic(
                 raise ConflictError(
                     "the row kept changing under this transaction; reload and retry"
                 ) from exc
-            on_retry()
+            on_retry(attempt + 2, exc)
             await asyncio.sleep(0.005 * (2**attempt))
     raise AssertionError("unreachable")  # pragma: no cover

@@ -6,6 +6,7 @@ Repositories rely on the isolation walls for clinic scoping and never add clinic
 from healthdb.repositories.appointments import AppointmentRepository
 from healthdb.repositories.base import MAX_IDS, Repository
 from healthdb.repositories.clinics import ClinicRepository
+from healthdb.repositories.logins import LoginRoute, find_login
 from healthdb.repositories.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -26,6 +27,7 @@ __all__ = [
     "AppointmentRepository",
     "ClinicRepository",
     "Cursor",
+    "LoginRoute",
     "Page",
     "PatientRecord",
     "PatientRepository",
@@ -35,5 +37,6 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "escape_like",
+    "find_login",
     "normalize_email",
 ]

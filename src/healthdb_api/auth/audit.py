@@ -8,10 +8,13 @@ What is recorded, and in which transaction:
   inactive account or an inactive clinic, in a write of its own (there is no auth write to
   share). The actor is the account the attempt *claimed*, so an admin filtering by that
   user sees the attempts against it; ``reason`` says which check failed.
-* ``user.create``: in the transaction that inserts the user
-  (:func:`healthdb_api.auth.routes.add_user`), so registration, the users routes and the
-  CLI all record it.
-* ``user.role_change``: in the transaction that changes the role (the users routes).
+* ``clinic.create``, ``user.create``, ``user.update`` (and ``.delete``): recorded by the
+  library itself for every write to ``clinics`` and ``users``, in the transaction that
+  makes it, naming the fields written in ``reason`` (never their values), so
+  registration, the users routes, login's password rehash and the CLI all record them.
+* ``user.role_change``: in the transaction that changes the role (the users routes), with
+  ``"<old> -> <new>"``; ``user.create`` with outcome ``denied`` when the users routes refuse
+  an address that is taken.
 * ``auth.refresh_reuse`` (outcome ``denied``): in the transaction that revokes the token
   family (:func:`healthdb_api.auth.sessions.rotate`), the actor being the token's owner.
 

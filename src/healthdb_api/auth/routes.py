@@ -1,4 +1,5 @@
-"""Auth routes (``/api/v1/auth``): register, login, refresh, logout, me.
+"""Auth routes (``/api/v1/auth``): login, refresh, logout, me (registration:
+:mod:`healthdb_api.auth.registration`).
 
 Login never tells whether an e-mail exists: an unknown address costs the same argon2 work as
 a wrong password and gets the same status and byte-identical body. Password hashing and the
@@ -16,12 +17,11 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from healthdb import ConflictError, DatabaseService, HealthdbError, QueryOptions, Role, audit_log
+from healthdb import DatabaseService, QueryOptions, Role, audit_log
 from healthdb.models import Clinic, User, UserLogin
-from healthdb.repositories import UserRepository
+from healthdb.repositories import LoginRoute, UserRepository, find_login
 from healthdb_api.auth import audit as auth_audit
 from healthdb_api.auth import sessions
 from healthdb_api.auth.passwords import (
@@ -32,11 +32,8 @@ from healthdb_api.auth.passwords import (
     verify_password,
 )
 from healthdb_api.auth.schemas import (
-    ClinicOut,
     LoginIn,
     RefreshIn,
-    RegisterIn,
-    RegisterOut,
     TokenOut,
     UserOut,
 )
@@ -121,14 +118,19 @@ def duplicate_account() -> ApiError:
     return ApiError(409, "conflict", DUPLICATE_MESSAGE)
 
 
+async def login_route(db: DatabaseService, email: str) -> LoginRoute | None:
+    """Where ``email`` logs in, if anywhere: the one lookup that runs before a clinic is
+    known (:func:`healthdb.repositories.find_login`: one exact address, never a list)."""
+
+    async def op(session: AsyncSession) -> LoginRoute | None:
+        return await find_login(session, email)
+
+    return await db.execute_read(op, QueryOptions.for_read("auth.login_lookup"))
+
+
 async def email_taken(db: DatabaseService, email: str) -> bool:
-    """Whether a login already uses ``email`` (a non-tenant lookup: no scope needed)."""
-
-    async def op(session: AsyncSession) -> bool:
-        found = await session.scalar(select(UserLogin.user_id).where(UserLogin.email == email))
-        return found is not None
-
-    return await db.execute_read(op, QueryOptions.for_read("auth.email_taken"))
+    """Whether a login already uses ``email``, in any clinic."""
+    return await login_route(db, email) is not None
 
 
 async def add_user(
@@ -140,7 +142,8 @@ async def add_user(
     full_name: str,
     role: Role,
 ) -> User:
-    """Insert a user and its login row (call inside the clinic's scope and one write)."""
+    """Insert a user and its login row (call inside the clinic's scope and one write). The
+    library audits the insert as ``user.create`` in the same transaction."""
     user = User(
         id=uuid.uuid4(),
         clinic_id=clinic_id,
@@ -153,7 +156,6 @@ async def add_user(
     await UserRepository(session).add(user)
     session.add(UserLogin(email=user.email, user_id=user.id, clinic_id=clinic_id))
     await session.flush()
-    await audit_log.record(session, "user.create", "users", user.id, reason=f"role {role.value}")
     return user
 
 
@@ -162,60 +164,6 @@ def _issue_access(config: TokenConfig, user: User) -> str:
 
 
 # -- routes ---------------------------------------------------------------------------------
-
-
-@router.post("/register", status_code=201, response_model=RegisterOut)
-async def register(body: RegisterIn, db: Db, request: Request) -> RegisterOut:
-    """Create a clinic and its first ``clinic_admin``."""
-    await check_new_password(
-        body.password, email=body.email, user_inputs=(body.full_name, body.clinic_name)
-    )
-    if await email_taken(db, body.email):
-        raise duplicate_account()
-    password_hash = await hash_new_password(body.password)
-    clinic = Clinic(id=uuid.uuid4(), name=body.clinic_name, active=True)
-
-    async def add_clinic(session: AsyncSession) -> None:
-        session.add(clinic)
-        await session.flush()
-
-    await db.execute_write(add_clinic, QueryOptions.for_write("auth.register_clinic"))
-
-    async def add_admin(session: AsyncSession) -> User:
-        return await add_user(
-            session,
-            clinic_id=clinic.id,
-            email=body.email,
-            password_hash=password_hash,
-            full_name=body.full_name,
-            role=Role.CLINIC_ADMIN,
-        )
-
-    try:
-        async with db.clinic(
-            clinic.id,
-            role=Role.CLINIC_ADMIN,
-            purpose="registration",
-            request_id=auth_audit.request_id(request),
-            client_addr=auth_audit.client_addr(request),
-        ):
-            user = await db.execute_write(add_admin, QueryOptions.for_write("auth.register_user"))
-    except ConflictError:
-        # Lost a race for the e-mail: remove the clinic we just created for nobody.
-        await _drop_empty_clinic(db, clinic.id)
-        raise duplicate_account() from None
-    log.info("clinic_registered", clinic_id=str(clinic.id), user_id=str(user.id))
-    return RegisterOut(user=UserOut.of(user), clinic=ClinicOut.of(clinic))
-
-
-async def _drop_empty_clinic(db: DatabaseService, clinic_id: uuid.UUID) -> None:
-    async def op(session: AsyncSession) -> None:
-        await session.execute(delete(Clinic).where(Clinic.id == clinic_id))
-
-    try:
-        await db.execute_write(op, QueryOptions.for_write("auth.register_undo"))
-    except HealthdbError as exc:  # best effort: an empty clinic harms no one
-        log.warning("orphan_clinic_left", clinic_id=str(clinic_id), code=exc.code)
 
 
 @router.post("/login", response_model=TokenOut)
@@ -258,10 +206,7 @@ async def _login(
 ) -> TokenOut | None:
     """The tokens, or ``None`` for a failed attempt (already counted by the throttle)."""
 
-    async def find_login(session: AsyncSession) -> UserLogin | None:
-        return await session.scalar(select(UserLogin).where(UserLogin.email == body.email))
-
-    entry = await db.execute_read(find_login, QueryOptions.for_read("auth.login_lookup"))
+    entry = await login_route(db, body.email)
     if entry is None:
         await asyncio.to_thread(dummy_verify, body.password)
         auth_audit.unknown_account(auth_audit.request_id(request), auth_audit.client_addr(request))

@@ -1,14 +1,14 @@
 """Request and response bodies of the auth and users routes (pydantic v2).
 
 Requests forbid unknown fields, trim and normalise text, and bound every length before any
-work is done. Passwords are bounded here only loosely (so a megabyte never reaches argon2);
-the policy with its helpful messages lives in :mod:`healthdb_api.auth.passwords`.
+work is done; names follow the one text rule of :mod:`healthdb_api.fields`. Passwords are
+bounded here only loosely (so a megabyte never reaches argon2); the policy with its helpful
+messages lives in :mod:`healthdb_api.auth.passwords`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 import uuid
 from typing import Annotated, Literal
 
@@ -16,9 +16,10 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Ema
 
 from healthdb import Role
 from healthdb.models import Clinic, User
+from healthdb_api import fields
+from healthdb_api.fields import Encodable
 
 MAX_EMAIL = 320
-MAX_NAME = 200
 #: Loose bound for passwords presented at login (the policy caps new ones at 128).
 MAX_PASSWORD_INPUT = 1024
 #: ``<uuid>.<43 urlsafe chars>`` is 80 characters; leave room, refuse anything absurd.
@@ -37,25 +38,14 @@ def _lower(value: str) -> str:
     return value.lower()
 
 
-def _clean_text(value: str) -> str:
-    value = unicodedata.normalize("NFC", value)
-    if any(unicodedata.category(ch)[0] == "C" for ch in value):
-        raise ValueError("must not contain control characters")
-    return value
-
-
 #: A syntactically valid address, trimmed and lowercased (the stored form).
 Email = Annotated[EmailStr, BeforeValidator(_email_input), AfterValidator(_lower)]
-#: A display name: trimmed, NFC-normalised, no control characters.
-Name = Annotated[
-    str,
-    Field(min_length=1, max_length=MAX_NAME),
-    BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v),
-    AfterValidator(_clean_text),
-]
-NewPassword = Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_INPUT)]
-LoginPassword = Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_INPUT)]
-RefreshTokenStr = Annotated[str, Field(min_length=1, max_length=MAX_REFRESH_TOKEN)]
+#: A display name (a person's, a clinic's): the one text rule of :mod:`healthdb_api.fields`.
+Name = fields.Name
+# Secrets are taken as typed; only text that cannot be encoded is refused.
+NewPassword = Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_INPUT), Encodable]
+LoginPassword = Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD_INPUT), Encodable]
+RefreshTokenStr = Annotated[str, Field(min_length=1, max_length=MAX_REFRESH_TOKEN), Encodable]
 
 
 class InputModel(BaseModel):

@@ -59,6 +59,11 @@ def address_key(address: str | None) -> str | None:
 class LoginThrottle(Protocol):
     """Counts login attempts per account and per address in a sliding window."""
 
+    @property
+    def address_limit(self) -> int:
+        """Attempts an address may make in the window."""
+        ...
+
     async def begin(self, email: str, address: str | None) -> Attempt:
         """Count an attempt; raise :class:`TooManyAttempts` if either key is over its limit."""
         ...
@@ -135,6 +140,11 @@ class MemoryLoginThrottle:
             self._forget(attempt.address_key, attempt.started)
 
     # -- introspection (tests, metrics) ---------------------------------------------------
+
+    @property
+    def address_limit(self) -> int:
+        """Attempts an address may make in the window."""
+        return self.max_per_address
 
     async def failures(self, key: str) -> int:
         """Failures of ``key`` (an :func:`account_key` or :func:`address_key`) in the window."""

@@ -113,6 +113,11 @@ class RedisLoginThrottle:
         self._count = client.register_script(COUNT_LUA)
 
     @property
+    def address_limit(self) -> int:
+        """Attempts an address may make in the window (the same in Redis and in process)."""
+        return self.fallback.max_per_address
+
+    @property
     def backend(self) -> str:
         """Where attempts are being counted: ``redis`` or ``local`` (Redis unreachable)."""
         return "local" if self.degraded else "redis"
@@ -155,9 +160,18 @@ class RedisLoginThrottle:
         await self._best_effort(release)
 
     async def failures(self, key: str) -> int:
-        """Attempts of ``key`` in the window, as Redis counts them."""
-        async with asyncio.timeout(self._timeout):
-            return int(await self._count(keys=[self._prefix + key], args=self._args()))
+        """Attempts of ``key`` in the window, as Redis counts them (as this process counts
+        them while Redis is unreachable)."""
+        if self._redis_due():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    count = int(await self._count(keys=[self._prefix + key], args=self._args()))
+            except _REDIS_ERRORS as exc:
+                self._degrade(exc)
+            else:
+                self._recover()
+                return count
+        return await self.fallback.failures(key)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -20,7 +20,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import AwareDatetime
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,6 +34,7 @@ from healthdb.repositories import (
 from healthdb.repositories.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, Page
 from healthdb_api.deps import CurrentPrincipal, Db, scope
 from healthdb_api.errors import ApiError
+from healthdb_api.fields import Instant
 from healthdb_api.routes.patients import etag, parse_if_match
 from healthdb_api.schemas import AppointmentCreate, AppointmentOut, AppointmentPage
 
@@ -89,10 +89,10 @@ async def list_appointments(
     patient_id: uuid.UUID | None = None,
     clinician_id: uuid.UUID | None = None,
     start: Annotated[
-        AwareDatetime | None, Query(description="only appointments ending after this")
+        Instant | None, Query(description="only appointments ending after this")
     ] = None,
     end: Annotated[
-        AwareDatetime | None, Query(description="only appointments starting before this")
+        Instant | None, Query(description="only appointments starting before this")
     ] = None,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_LENGTH)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,

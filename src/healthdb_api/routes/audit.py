@@ -30,7 +30,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from healthdb import QueryOptions, Role, audit_log
@@ -38,6 +38,7 @@ from healthdb.repositories import DEFAULT_LIMIT, MAX_LIMIT, Page
 from healthdb.repositories.pagination import MAX_CURSOR_LENGTH
 from healthdb_api.deps import Db, Principal, require_roles, scope
 from healthdb_api.errors import ApiError
+from healthdb_api.fields import Instant, SingleLine
 
 router = APIRouter(prefix="/api/v1/admin/audit", tags=["audit"])
 
@@ -97,12 +98,12 @@ async def list_audit_events(
     db: Db,
     patient_id: Annotated[uuid.UUID | None, Query()] = None,
     actor_id: Annotated[uuid.UUID | None, Query()] = None,
-    action: Annotated[str | None, Query(min_length=1, max_length=MAX_ACTION)] = None,
+    action: Annotated[str | None, Query(min_length=1, max_length=MAX_ACTION), SingleLine] = None,
     since: Annotated[
-        AwareDatetime | None, Query(alias="from", description="inclusive; with a UTC offset")
+        Instant | None, Query(alias="from", description="inclusive; with a UTC offset")
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(alias="to", description="exclusive; with a UTC offset")
+        Instant | None, Query(alias="to", description="exclusive; with a UTC offset")
     ] = None,
     order: Annotated[Literal["desc", "asc"], Query()] = "desc",
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR_LENGTH)] = None,

@@ -22,6 +22,7 @@ from healthdb.phi.masking import may_write
 from healthdb.repositories import Page, PatientRecord
 from healthdb_api.deps import Principal
 from healthdb_api.errors import ApiError
+from healthdb_api.fields import refusal
 from healthdb_api.schemas import PatientOut
 
 __all__ = [
@@ -144,8 +145,8 @@ def search_term(value: str | None, field: str) -> str | None:
     """A search parameter in the form values are stored in: NFC, trimmed, single-line."""
     if value is None:
         return None
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        message = "must not contain control characters"
+    message = refusal(value)  # the one text rule (healthdb_api.fields)
+    if message is not None:
         raise ApiError(
             422,
             "validation_error",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import structlog
 from fastapi import APIRouter, Depends, Query
@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from healthdb import ConflictError, NotFound, QueryOptions, Role, audit_log
 from healthdb.models import User
 from healthdb.repositories import DEFAULT_LIMIT, MAX_LIMIT, UserRepository
+from healthdb_api.auth import registration
+from healthdb_api.auth.registration import RegistrationThrottle
 from healthdb_api.auth.routes import (
     add_user,
     check_new_password,
@@ -30,6 +32,7 @@ from healthdb_api.auth.routes import (
 )
 from healthdb_api.auth.schemas import UserCreateIn, UserOut, UserPage, UserPatchIn
 from healthdb_api.auth.sessions import revoke_user_tokens
+from healthdb_api.auth.throttle import LoginThrottle
 from healthdb_api.deps import Db, Principal, require_roles, scope
 from healthdb_api.errors import ApiError
 
@@ -42,11 +45,21 @@ MAX_CURSOR = 4096
 
 
 @router.post("", status_code=201, response_model=UserOut)
-async def create_user(body: UserCreateIn, admin: Admin, db: Db) -> UserOut:
-    """Create a staff account in the admin's clinic."""
+async def create_user(
+    body: UserCreateIn, admin: Admin, db: Db, throttle: RegistrationThrottle
+) -> UserOut:
+    """Create a staff account in the admin's clinic.
+
+    An address already used by any account, in this clinic or another, is a 409 with one
+    generic message. Since anyone can register a clinic, that answer could enumerate
+    accounts; so each such conflict is audited in the admin's clinic and counted in the
+    registration windows of the admin's address, and past that budget this route answers
+    429 for every address, taken or free (see :mod:`healthdb_api.auth.registration`).
+    """
     await check_new_password(body.password, email=body.email, user_inputs=(body.full_name,))
+    await registration.refuse_when_over_budget(throttle, admin.client_addr)
     if await email_taken(db, body.email):
-        raise duplicate_account()
+        await _conflict(db, admin, throttle, body.email)
     password_hash = await hash_new_password(body.password)
 
     async def op(session: AsyncSession) -> User:
@@ -63,9 +76,27 @@ async def create_user(body: UserCreateIn, admin: Admin, db: Db) -> UserOut:
         async with scope(db, admin):
             user = await db.execute_write(op, QueryOptions.for_write("users.create"))
     except ConflictError:
-        raise duplicate_account() from None
+        await _conflict(db, admin, throttle, body.email)
     log.info("user_created", user_id=str(user.id), by=str(admin.user_id), role=user.role)
     return UserOut.of(user)
+
+
+async def _conflict(db: Db, admin: Principal, throttle: LoginThrottle, email: str) -> NoReturn:
+    """Audit and count a creation refused for a taken address, then answer 409."""
+
+    async def op(session: AsyncSession) -> None:
+        await audit_log.record(
+            session,
+            "user.create",
+            "users",
+            outcome=audit_log.Outcome.DENIED,
+            reason="e-mail address unavailable",
+        )
+
+    async with scope(db, admin):
+        await db.execute_write(op, QueryOptions.for_write("users.create_denied"))
+    await registration.count_probe(throttle, email, admin.client_addr)
+    raise duplicate_account()
 
 
 @router.get("", response_model=UserPage)
