@@ -229,7 +229,15 @@ async def insert_json(driver: Any, rows: list[dict[str, Any]]) -> None:
 def rows_json(rows: list[dict[str, Any]]) -> str:
     """The argument of :data:`JSON_INSERT`: the rows as a JSON array (uuids as strings,
     timestamps in RFC 3339, ``phi_fields`` as a JSON array)."""
-    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
+    return orjson.dumps(rows, default=_uuid_text, option=orjson.OPT_NAIVE_UTC).decode()
+
+
+def _uuid_text(value: Any) -> str:
+    # orjson writes uuid.UUID itself, not the driver's own uuid type (asyncpg's, which ids
+    # read from the database are): any uuid as its canonical text, anything else refused.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"an audit row cannot hold a {type(value).__name__}")
 
 
 _TICK = dt.timedelta(microseconds=1)
