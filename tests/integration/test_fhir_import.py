@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from typer.testing import CliRunner
 
 from healthdb import DatabaseService, QueryOptions
+from healthdb.clinics import create_clinic
 from healthdb.migrate import upgrade
-from healthdb.models import Clinic, Patient
+from healthdb.models import Patient
 from healthdb.repositories import PatientRepository
 from healthdb_api.cli import app as cli
 from healthdb_api.fhir import synthetic
@@ -140,7 +141,7 @@ def test_the_command_line(tmp_path: Path) -> None:
 
     async def add_clinic() -> None:
         async with DatabaseService.connect(_settings(url)) as db:
-            await db.execute_write(lambda s: _add(s, clinic))
+            await create_clinic(db, "CLI import", clinic_id=clinic)
 
     asyncio.run(add_clinic())
     source = tmp_path / "patients.ndjson"
@@ -168,7 +169,3 @@ def _settings(url: str) -> Any:
     from healthdb import Settings
 
     return Settings(database_url=url)
-
-
-async def _add(session: AsyncSession, clinic: uuid.UUID) -> None:
-    session.add(Clinic(id=clinic, name="CLI import"))
